@@ -1,0 +1,3 @@
+//! Command-line front ends of the three binaries; the mains in `src/bin/` only call into here.
+
+pub mod supervisor;

@@ -1,0 +1,76 @@
+//! `agent-supervisor serve | migrate | check-config`.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use crate::{config::Config, db};
+
+#[derive(Debug, Parser)]
+#[command(name = "agent-supervisor", version, about = "Supervises the agents of a Backend.AI-style cluster")]
+pub struct Cli {
+    /// TOML configuration file; every key can also be set as AGENT_SUPERVISOR_<SECTION>_<KEY>.
+    #[arg(long, short = 'c', global = true, env = "AGENT_SUPERVISOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply pending database migrations and exit.
+    Migrate {
+        /// Revert every migration instead (drops the supervisor's tables).
+        #[arg(long)]
+        revert_all: bool,
+    },
+    /// Validate the configuration and print it with secrets redacted.
+    CheckConfig,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("agent-supervisor: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agent-supervisor: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Migrate { revert_all } => migrate(&config, revert_all).await,
+            Command::CheckConfig => {
+                println!("{config:#?}");
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agent-supervisor: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn migrate(config: &Config, revert_all: bool) -> Result<(), db::DbError> {
+    let url = config.database.url.expose();
+    let versions = if revert_all { db::revert_all_migrations(url).await? } else { db::run_migrations(url).await? };
+    let verb = if revert_all { "reverted" } else { "applied" };
+    if versions.is_empty() {
+        println!("no migrations {verb}; the database is up to date");
+    }
+    for v in versions {
+        println!("{verb} {v}");
+    }
+    Ok(())
+}

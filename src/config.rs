@@ -1,0 +1,450 @@
+//! Daemon configuration: one TOML file, every key overridable from the environment, validated at start-up.
+//!
+//! Environment overrides are named `AGENT_SUPERVISOR_<SECTION>_<KEY>` in upper case, e.g.
+//! `AGENT_SUPERVISOR_DATABASE_URL` or `AGENT_SUPERVISOR_WATCHER_STATUS_TIMEOUT_MS`. List values (etcd endpoints) are
+//! comma-separated. An unknown variable with that prefix is an error, so a typo never goes unnoticed.
+
+use std::{collections::BTreeMap, fmt, net::SocketAddr, path::Path, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every environment override.
+pub const ENV_PREFIX: &str = "AGENT_SUPERVISOR_";
+
+/// A configuration error; the message always names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(key: &str, message: impl Into<String>) -> Self {
+        Self::Invalid { key: key.to_owned(), message: message.into() }
+    }
+}
+
+/// A string that must never be printed: `Debug` and `Display` show `[redacted]`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself; call only where it is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub etcd: EtcdConfig,
+    pub api: ApiConfig,
+    pub watcher: WatcherConfig,
+    pub agent_rpc: AgentRpcConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://user[:password]@host:port/dbname`; the password part is a secret.
+    pub url: Secret,
+    pub max_connections: usize,
+    /// Bound on connecting and on waiting for a pooled connection.
+    pub connect_timeout_ms: u64,
+    /// Apply pending migrations when `serve` starts.
+    pub run_migrations: bool,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("postgres://agent_supervisor@127.0.0.1:5432/agent_supervisor"),
+            max_connections: 16,
+            connect_timeout_ms: 3_000,
+            run_migrations: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    /// Keys live under `/sorna/{namespace}/`, as in Backend.AI.
+    pub namespace: String,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    /// Bound on every etcd request; past it the caller sees `etcd_unavailable`.
+    pub timeout_ms: u64,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: vec!["http://127.0.0.1:2379".to_owned()],
+            namespace: "local".to_owned(),
+            user: None,
+            password: None,
+            timeout_ms: 2_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    pub listen: String,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Allowed difference between a signed request's `Date` and the daemon's clock.
+    pub clock_skew_s: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:8091".to_owned(), max_body_bytes: 64 * 1024, clock_skew_s: 15 * 60 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatcherConfig {
+    /// Token sent as `X-BackendAI-Watcher-Token`; etcd `config/watcher/token` takes precedence when set.
+    pub token: Option<Secret>,
+    pub status_timeout_ms: u64,
+    pub command_timeout_ms: u64,
+    /// Port used when etcd has no `nodes/agents/{id}/watcher_port` (Backend.AI's manager uses 6099).
+    pub default_port: u16,
+    /// How often each agent actor probes its watcher; 0 disables probing.
+    pub probe_interval_s: u64,
+    /// Commands that may wait behind the running one, per agent.
+    pub queue_capacity: usize,
+}
+
+impl Default for WatcherConfig {
+    fn default() -> Self {
+        Self {
+            token: None,
+            status_timeout_ms: 5_000,
+            command_timeout_ms: 20_000,
+            default_port: 6099,
+            probe_interval_s: 30,
+            queue_capacity: 16,
+        }
+    }
+}
+
+impl WatcherConfig {
+    pub fn status_timeout(&self) -> Duration {
+        Duration::from_millis(self.status_timeout_ms)
+    }
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_millis(self.command_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentRpcConfig {
+    pub timeout_ms: u64,
+    /// ZeroMQ certificate file holding the manager's CURVE key pair (used for agents with a public key).
+    pub manager_keypair: Option<String>,
+}
+
+impl Default for AgentRpcConfig {
+    fn default() -> Self {
+        Self { timeout_ms: 30_000, manager_keypair: None }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter directive such as `info` or `agent_supervisor=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Human, level: "info".to_owned() }
+    }
+}
+
+impl Config {
+    /// Reads `path` (if given), applies the process environment, and validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let vars: BTreeMap<String, String> = std::env::vars().collect();
+        Self::load_with_env(path, &vars)
+    }
+
+    /// Like [`Config::load`] with an explicit environment (for tests).
+    pub fn load_with_env(path: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let (text, origin) = match path {
+            Some(p) => {
+                let origin = p.display().to_string();
+                let text = std::fs::read_to_string(p)
+                    .map_err(|source| ConfigError::Read { path: origin.clone(), source })?;
+                (text, origin)
+            }
+            None => (String::new(), "<defaults>".to_owned()),
+        };
+        Self::from_toml_with_env(&text, &origin, env)
+    }
+
+    pub fn from_toml_with_env(text: &str, origin: &str, env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_owned(), message: e.to_string() })?;
+        apply_env(&mut table, env)?;
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::invalid(&key, e.into_inner().message().to_owned())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and formats that types alone do not express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let db = &self.database;
+        let url = db.url.expose();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError::invalid("database.url", "must start with postgres:// or postgresql://"));
+        }
+        if !(1..=1000).contains(&db.max_connections) {
+            return Err(ConfigError::invalid("database.max_connections", format!("must be 1..=1000, got {}", db.max_connections)));
+        }
+        positive_ms("database.connect_timeout_ms", db.connect_timeout_ms)?;
+
+        if self.etcd.endpoints.is_empty() {
+            return Err(ConfigError::invalid("etcd.endpoints", "at least one endpoint is required"));
+        }
+        for ep in &self.etcd.endpoints {
+            if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                return Err(ConfigError::invalid("etcd.endpoints", format!("{ep:?} must start with http:// or https://")));
+            }
+        }
+        let ns = &self.etcd.namespace;
+        if ns.is_empty() || ns.contains('/') || ns.len() > 64 {
+            return Err(ConfigError::invalid("etcd.namespace", "must be 1-64 characters without '/'"));
+        }
+        if self.etcd.password.is_some() && self.etcd.user.is_none() {
+            return Err(ConfigError::invalid("etcd.user", "required when etcd.password is set"));
+        }
+        positive_ms("etcd.timeout_ms", self.etcd.timeout_ms)?;
+
+        self.api
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|e| ConfigError::invalid("api.listen", format!("{:?} is not HOST:PORT ({e})", self.api.listen)))?;
+        if self.api.max_body_bytes < 1024 {
+            return Err(ConfigError::invalid("api.max_body_bytes", "must be at least 1024"));
+        }
+
+        let w = &self.watcher;
+        if let Some(token) = &w.token {
+            if token.is_empty() {
+                return Err(ConfigError::invalid("watcher.token", "must not be empty (omit it to use etcd or \"insecure\")"));
+            }
+        }
+        positive_ms("watcher.status_timeout_ms", w.status_timeout_ms)?;
+        positive_ms("watcher.command_timeout_ms", w.command_timeout_ms)?;
+        if w.default_port == 0 {
+            return Err(ConfigError::invalid("watcher.default_port", "must be 1..=65535"));
+        }
+        if !(1..=10_000).contains(&w.queue_capacity) {
+            return Err(ConfigError::invalid("watcher.queue_capacity", format!("must be 1..=10000, got {}", w.queue_capacity)));
+        }
+        positive_ms("agent_rpc.timeout_ms", self.agent_rpc.timeout_ms)?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| ConfigError::invalid("log.level", format!("{:?}: {e}", self.log.level)))?;
+        Ok(())
+    }
+}
+
+fn positive_ms(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 || value > 3_600_000 {
+        return Err(ConfigError::invalid(key, format!("must be 1..=3600000 milliseconds, got {value}")));
+    }
+    Ok(())
+}
+
+/// Overlays `AGENT_SUPERVISOR_*` variables on the parsed file. The default configuration tells each key's type, so
+/// `"5000"` becomes an integer for a numeric key and `"a,b"` a list for a list key.
+fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    let defaults = toml::Table::try_from(Config::default())
+        .map_err(|e| ConfigError::invalid("<defaults>", e.to_string()))?;
+    let sections: Vec<&String> = defaults.keys().collect();
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+        let rest = rest.to_ascii_lowercase();
+        let Some(section) = sections.iter().copied().filter(|s| rest.starts_with(&format!("{s}_"))).max_by_key(|s| s.len())
+        else {
+            return Err(ConfigError::invalid(name, "unknown configuration variable (no such section)"));
+        };
+        let key = &rest[section.len() + 1..];
+        let dotted = format!("{section}.{key}");
+        let known = section_fields(section);
+        if !known.contains(&key) {
+            return Err(ConfigError::invalid(name, format!("unknown configuration variable (no key {dotted})")));
+        }
+        let default = defaults.get(section).and_then(|s| s.get(key));
+        let value = match default {
+            Some(toml::Value::Integer(_)) => raw
+                .trim()
+                .parse::<i64>()
+                .map(toml::Value::Integer)
+                .map_err(|_| ConfigError::invalid(&dotted, format!("{name}={raw:?} is not an integer")))?,
+            Some(toml::Value::Boolean(_)) => match raw.trim() {
+                "true" | "1" | "yes" => toml::Value::Boolean(true),
+                "false" | "0" | "no" => toml::Value::Boolean(false),
+                _ => return Err(ConfigError::invalid(&dotted, format!("{name}={raw:?} is not a boolean"))),
+            },
+            Some(toml::Value::Array(_)) => toml::Value::Array(
+                raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.to_owned())).collect(),
+            ),
+            _ => toml::Value::String(raw.clone()),
+        };
+        let entry = table.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match entry {
+            toml::Value::Table(t) => {
+                t.insert(key.to_owned(), value);
+            }
+            _ => return Err(ConfigError::invalid(section, "must be a table")),
+        }
+    }
+    Ok(())
+}
+
+/// Every key of a section, including optional ones that the default leaves out.
+fn section_fields(section: &str) -> &'static [&'static str] {
+    match section {
+        "database" => &["url", "max_connections", "connect_timeout_ms", "run_migrations"],
+        "etcd" => &["endpoints", "namespace", "user", "password", "timeout_ms"],
+        "api" => &["listen", "max_body_bytes", "clock_skew_s"],
+        "watcher" => &["token", "status_timeout_ms", "command_timeout_ms", "default_port", "probe_interval_s", "queue_capacity"],
+        "agent_rpc" => &["timeout_ms", "manager_keypair"],
+        "log" => &["format", "level"],
+        _ => &[],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    fn err(text: &str, pairs: &[(&str, &str)]) -> String {
+        match Config::from_toml_with_env(text, "test.toml", &env(pairs)) {
+            Ok(_) => panic!("config {text:?} {pairs:?} was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_the_documented_timeouts() {
+        let c = Config::from_toml_with_env("", "t", &BTreeMap::new()).unwrap();
+        assert_eq!(c.watcher.status_timeout(), Duration::from_secs(5));
+        assert_eq!(c.watcher.command_timeout(), Duration::from_secs(20));
+        assert_eq!(c.watcher.default_port, 6099);
+        assert_eq!(c.etcd.namespace, "local");
+    }
+
+    #[test]
+    fn sample_config_file_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/agent-supervisor.sample.toml");
+        let c = Config::load_with_env(Some(&path), &BTreeMap::new()).unwrap();
+        assert_eq!(c.api.listen, "127.0.0.1:8091");
+    }
+
+    #[test]
+    fn environment_overrides_file_with_typed_values() {
+        let c = Config::from_toml_with_env(
+            "[watcher]\nstatus_timeout_ms = 100\n",
+            "t",
+            &env(&[
+                ("AGENT_SUPERVISOR_WATCHER_STATUS_TIMEOUT_MS", "250"),
+                ("AGENT_SUPERVISOR_ETCD_ENDPOINTS", "http://127.0.0.1:1, http://127.0.0.1:2"),
+                ("AGENT_SUPERVISOR_AGENT_RPC_TIMEOUT_MS", "900"),
+                ("AGENT_SUPERVISOR_DATABASE_RUN_MIGRATIONS", "false"),
+                ("AGENT_SUPERVISOR_WATCHER_TOKEN", "s3cret"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.watcher.status_timeout_ms, 250);
+        assert_eq!(c.etcd.endpoints, vec!["http://127.0.0.1:1", "http://127.0.0.1:2"]);
+        assert_eq!(c.agent_rpc.timeout_ms, 900);
+        assert!(!c.database.run_migrations);
+        assert_eq!(c.watcher.token.as_ref().map(Secret::expose), Some("s3cret"));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        assert!(err("[watcher]\nstatus_timeout_ms = 0\n", &[]).starts_with("watcher.status_timeout_ms:"));
+        assert!(err("[watcher]\nstatus_timeout_ms = \"soon\"\n", &[]).starts_with("watcher.status_timeout_ms:"));
+        assert!(err("[database]\nmax_connections = 0\n", &[]).starts_with("database.max_connections:"));
+        assert!(err("[database]\nurl = \"mysql://x\"\n", &[]).starts_with("database.url:"));
+        assert!(err("[api]\nlisten = \"nowhere\"\n", &[]).starts_with("api.listen:"));
+        assert!(err("[etcd]\nendpoints = [\"127.0.0.1:2379\"]\n", &[]).starts_with("etcd.endpoints:"));
+        assert!(err("[log]\nformat = \"xml\"\n", &[]).starts_with("log.format:"));
+        assert!(err("", &[("AGENT_SUPERVISOR_WATCHER_DEFAULT_PORT", "http")]).starts_with("watcher.default_port:"));
+        assert!(err("", &[("AGENT_SUPERVISOR_WATCHER_DEFAULT_PORT", "70000")]).starts_with("watcher.default_port:"));
+    }
+
+    #[test]
+    fn unknown_keys_and_variables_are_rejected_by_name() {
+        assert!(err("[watcher]\ntimeout = 5\n", &[]).contains("timeout"));
+        assert!(err("", &[("AGENT_SUPERVISOR_WATCHER_TIMEOUT", "5")]).contains("watcher.timeout"));
+        assert!(err("", &[("AGENT_SUPERVISOR_NOPE_X", "5")]).contains("AGENT_SUPERVISOR_NOPE_X"));
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let c = Config::from_toml_with_env(
+            "[database]\nurl = \"postgres://u:hunter2@127.0.0.1/db\"\n[watcher]\ntoken = \"tok-abc\"\n[etcd]\nuser = \"u\"\npassword = \"pw-xyz\"\n",
+            "t",
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let shown = format!("{c:?}");
+        for secret in ["hunter2", "tok-abc", "pw-xyz"] {
+            assert!(!shown.contains(secret), "{secret} leaked in {shown}");
+        }
+    }
+}

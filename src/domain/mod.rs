@@ -1,0 +1,9 @@
+//! Domain vocabulary shared by every layer: agent ids, Backend.AI's status enums, and resource slots.
+
+mod agent_id;
+mod resource_slot;
+mod status;
+
+pub use agent_id::{AgentId, AgentIdError};
+pub use resource_slot::{ResourceSlot, SlotError};
+pub use status::{AgentStatus, KernelStatus, SessionStatus, SessionType, UnknownVariant};

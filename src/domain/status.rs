@@ -1,0 +1,168 @@
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A status name that is not part of the vocabulary.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {kind} {value:?}")]
+pub struct UnknownVariant {
+    pub kind: &'static str,
+    pub value: String,
+}
+
+/// Declares a Backend.AI name-string enum: `as_str`, `FromStr`, `Display` and serde by the upper-case name.
+macro_rules! name_enum {
+    ($(#[$meta:meta])* $name:ident, $kind:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub enum $name {
+            $(#[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = UnknownVariant;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(UnknownVariant { kind: $kind, value: s.to_owned() }),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+name_enum!(
+    /// `agents.status` (the PostgreSQL enum `agentstatus`).
+    #[derive(diesel::expression::AsExpression, diesel::deserialize::FromSqlRow)]
+    #[diesel(sql_type = crate::db::schema::sql_types::Agentstatus)]
+    AgentStatus, "agent status" {
+        Alive => "ALIVE",
+        Lost => "LOST",
+        Restarting => "RESTARTING",
+        Terminated => "TERMINATED",
+    }
+);
+
+impl AgentStatus {
+    /// Agents that are not responding; recalculation leaves them untouched.
+    pub fn is_unavailable(self) -> bool {
+        matches!(self, Self::Lost | Self::Terminated)
+    }
+}
+
+name_enum!(
+    /// `kernels.status`.
+    #[derive(diesel::expression::AsExpression, diesel::deserialize::FromSqlRow)]
+    #[diesel(sql_type = diesel::sql_types::Varchar)]
+    KernelStatus, "kernel status" {
+        Pending => "PENDING",
+        Scheduled => "SCHEDULED",
+        Preparing => "PREPARING",
+        Building => "BUILDING",
+        Pulling => "PULLING",
+        Prepared => "PREPARED",
+        Creating => "CREATING",
+        Running => "RUNNING",
+        Restarting => "RESTARTING",
+        Resizing => "RESIZING",
+        Suspended => "SUSPENDED",
+        Terminating => "TERMINATING",
+        Terminated => "TERMINATED",
+        Error => "ERROR",
+        Cancelled => "CANCELLED",
+    }
+);
+
+impl KernelStatus {
+    /// Backend.AI's `AGENT_RESOURCE_OCCUPYING_KERNEL_STATUSES`: every status but PENDING, TERMINATED, CANCELLED.
+    pub fn occupies_agent_resources(self) -> bool {
+        !matches!(self, Self::Pending | Self::Terminated | Self::Cancelled)
+    }
+
+    pub fn occupying() -> impl Iterator<Item = KernelStatus> {
+        Self::ALL.iter().copied().filter(|s| s.occupies_agent_resources())
+    }
+}
+
+name_enum!(
+    /// `sessions.status`.
+    #[derive(diesel::expression::AsExpression, diesel::deserialize::FromSqlRow)]
+    #[diesel(sql_type = diesel::sql_types::Varchar)]
+    SessionStatus, "session status" {
+        Pending => "PENDING",
+        Scheduled => "SCHEDULED",
+        Preparing => "PREPARING",
+        Pulling => "PULLING",
+        Prepared => "PREPARED",
+        Creating => "CREATING",
+        Running => "RUNNING",
+        Restarting => "RESTARTING",
+        RunningDegraded => "RUNNING_DEGRADED",
+        Terminating => "TERMINATING",
+        Terminated => "TERMINATED",
+        Error => "ERROR",
+        Cancelled => "CANCELLED",
+    }
+);
+
+impl SessionStatus {
+    /// Backend.AI's agent- and user-resource-occupying session statuses (the same set): all but
+    /// PENDING, TERMINATED, CANCELLED. ERROR counts.
+    pub fn occupies_resources(self) -> bool {
+        !matches!(self, Self::Pending | Self::Terminated | Self::Cancelled)
+    }
+}
+
+name_enum!(
+    /// `sessions.session_type` / `kernels.session_type`.
+    #[derive(diesel::expression::AsExpression, diesel::deserialize::FromSqlRow)]
+    #[diesel(sql_type = diesel::sql_types::Varchar)]
+    SessionType, "session type" {
+        Interactive => "INTERACTIVE",
+        Batch => "BATCH",
+        Inference => "INFERENCE",
+        System => "SYSTEM",
+    }
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for s in KernelStatus::ALL {
+            assert_eq!(s.as_str().parse::<KernelStatus>().unwrap(), *s);
+            assert_eq!(serde_json::to_value(s).unwrap(), serde_json::json!(s.as_str()));
+        }
+        for s in SessionStatus::ALL {
+            assert_eq!(s.as_str().parse::<SessionStatus>().unwrap(), *s);
+        }
+        assert_eq!("running".parse::<AgentStatus>().unwrap_err().to_string(), "unknown agent status \"running\"");
+    }
+
+    #[test]
+    fn occupying_sets_match_backend_ai() {
+        let not: Vec<_> = KernelStatus::ALL.iter().filter(|s| !s.occupies_agent_resources()).collect();
+        assert_eq!(not, [&KernelStatus::Pending, &KernelStatus::Terminated, &KernelStatus::Cancelled]);
+        assert!(SessionStatus::Error.occupies_resources());
+        assert!(SessionStatus::Terminating.occupies_resources());
+        assert!(!SessionStatus::Cancelled.occupies_resources());
+        assert!(AgentStatus::Lost.is_unavailable() && AgentStatus::Terminated.is_unavailable());
+        assert!(!AgentStatus::Restarting.is_unavailable());
+    }
+}

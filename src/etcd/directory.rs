@@ -1,0 +1,302 @@
+//! The watcher directory: every agent's watcher address and the watcher token, mirrored from etcd.
+//!
+//! A background task loads `nodes/agents/` and `config/watcher/token`, then follows them with etcd watches from the
+//! next revision, so steady-state lookups never leave the process. While the watch is broken (etcd restarting, a
+//! network cut) the mirror cannot be vouched for: lookups go to etcd directly, bounded by the etcd timeout, and fail
+//! with `etcd_unavailable` if it does not answer. The task re-reads everything and re-watches once etcd is back.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{
+        Arc, OnceLock, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use etcd_rs::{EventType, KeyRange, WatchCreateRequest, WatchInbound, WatchOp};
+use serde::Serialize;
+
+use super::{Etcd, EtcdError, keys};
+use crate::{config::Secret, domain::AgentId};
+
+/// Backend.AI's token when none is configured anywhere.
+pub const INSECURE_TOKEN: &str = "insecure";
+
+const RESYNC_BACKOFF_MIN: Duration = Duration::from_millis(200);
+const RESYNC_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Where an agent's watcher listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WatcherAddress {
+    pub host: String,
+    pub port: u16,
+}
+
+impl WatcherAddress {
+    /// `http://host:port` (Backend.AI always uses plain HTTP towards watchers).
+    pub fn base_url(&self) -> String {
+        if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("http://[{}]:{}", self.host, self.port)
+        } else {
+            format!("http://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl fmt::Display for WatcherAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.base_url())
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Node {
+    ip: Option<String>,
+    watcher_port: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    synced: bool,
+    nodes: HashMap<String, Node>,
+    etcd_token: Option<String>,
+}
+
+struct Inner {
+    etcd: Etcd,
+    default_port: u16,
+    config_token: Option<Secret>,
+    state: RwLock<State>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    resyncs: AtomicU64,
+    task: OnceLock<tokio::task::AbortHandle>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.get() {
+            task.abort();
+        }
+    }
+}
+
+/// Counters for metrics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DirectoryStats {
+    pub synced: bool,
+    pub agents: usize,
+    pub hits: u64,
+    pub misses: u64,
+    pub resyncs: u64,
+}
+
+/// Cheap to clone; all clones share one mirror and one background task.
+#[derive(Clone)]
+pub struct WatcherDirectory {
+    inner: Arc<Inner>,
+}
+
+impl WatcherDirectory {
+    /// Starts mirroring. Must be called inside a Tokio runtime.
+    pub fn start(etcd: Etcd, default_port: u16, config_token: Option<Secret>) -> Self {
+        let inner = Arc::new(Inner {
+            etcd,
+            default_port,
+            config_token,
+            state: RwLock::new(State::default()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            resyncs: AtomicU64::new(0),
+            task: OnceLock::new(),
+        });
+        let weak = Arc::downgrade(&inner);
+        let handle = tokio::spawn(async move { follow(weak).await });
+        let _ = inner.task.set(handle.abort_handle());
+        Self { inner }
+    }
+
+    /// Waits until the mirror is loaded and watched (start-up and tests); false on timeout.
+    pub async fn wait_synced(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if self.is_synced() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.is_synced()
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.inner.state.read().map(|s| s.synced).unwrap_or(false)
+    }
+
+    pub fn stats(&self) -> DirectoryStats {
+        let (synced, agents) = self.inner.state.read().map(|s| (s.synced, s.nodes.len())).unwrap_or((false, 0));
+        DirectoryStats {
+            synced,
+            agents,
+            hits: self.inner.hits.load(Ordering::Relaxed),
+            misses: self.inner.misses.load(Ordering::Relaxed),
+            resyncs: self.inner.resyncs.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn etcd(&self) -> &Etcd {
+        &self.inner.etcd
+    }
+
+    /// `http://{nodes/agents/{id}/ip}:{nodes/agents/{id}/watcher_port or the default port}`.
+    pub async fn watcher_address(&self, agent: &AgentId) -> Result<WatcherAddress, EtcdError> {
+        let cached = self.inner.state.read().ok().and_then(|s| {
+            s.synced.then(|| s.nodes.get(agent.as_str()).cloned().unwrap_or_default())
+        });
+        let node = match cached {
+            Some(node) => {
+                self.inner.hits.fetch_add(1, Ordering::Relaxed);
+                node
+            }
+            None => {
+                self.inner.misses.fetch_add(1, Ordering::Relaxed);
+                let (kvs, _) = self.inner.etcd.get_prefix(&format!("{}{}/", keys::AGENTS_PREFIX, agent)).await?;
+                let mut node = Node::default();
+                for (key, value) in kvs {
+                    if let Some((_, field)) = keys::parse_agent_key(&key) {
+                        apply_field(&mut node, field, Some(value));
+                    }
+                }
+                node
+            }
+        };
+        self.resolve(agent, &node)
+    }
+
+    fn resolve(&self, agent: &AgentId, node: &Node) -> Result<WatcherAddress, EtcdError> {
+        let ip_key = self.inner.etcd.full_key(&keys::agent_ip(agent.as_str()));
+        let host = match node.ip.as_deref().map(str::trim) {
+            None => return Err(EtcdError::MissingKey { agent: agent.to_string(), key: ip_key }),
+            Some("") => {
+                return Err(EtcdError::BadValue { agent: agent.to_string(), key: ip_key, value: String::new(), expected: "a host address" });
+            }
+            Some(ip) => ip.to_owned(),
+        };
+        let port = match node.watcher_port.as_deref() {
+            None => self.inner.default_port,
+            Some(raw) => match raw.trim().parse::<u16>() {
+                Ok(p) if p > 0 => p,
+                _ => {
+                    return Err(EtcdError::BadValue {
+                        agent: agent.to_string(),
+                        key: self.inner.etcd.full_key(&keys::agent_watcher_port(agent.as_str())),
+                        value: raw.to_owned(),
+                        expected: "a TCP port number (1-65535)",
+                    });
+                }
+            },
+        };
+        Ok(WatcherAddress { host, port })
+    }
+
+    /// The token for `X-BackendAI-Watcher-Token`: etcd `config/watcher/token`, else the configured one, else
+    /// `insecure`.
+    pub async fn watcher_token(&self) -> Result<Secret, EtcdError> {
+        let cached = self.inner.state.read().ok().and_then(|s| s.synced.then(|| s.etcd_token.clone()));
+        let from_etcd = match cached {
+            Some(token) => token,
+            None => self.inner.etcd.get(keys::WATCHER_TOKEN).await?,
+        };
+        Ok(match from_etcd.filter(|t| !t.is_empty()) {
+            Some(t) => Secret::new(t),
+            None => self.inner.config_token.clone().unwrap_or_else(|| Secret::new(INSECURE_TOKEN)),
+        })
+    }
+}
+
+fn apply_field(node: &mut Node, field: &str, value: Option<String>) {
+    match field {
+        "ip" => node.ip = value,
+        "watcher_port" => node.watcher_port = value,
+        _ => {}
+    }
+}
+
+/// The background task: load, watch, and on any break start over after a backoff.
+async fn follow(weak: std::sync::Weak<Inner>) {
+    let mut backoff = RESYNC_BACKOFF_MIN;
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let etcd = inner.etcd.clone();
+        drop(inner);
+        match load_and_watch(&weak, &etcd).await {
+            Ok(()) => backoff = RESYNC_BACKOFF_MIN,
+            Err(e) => tracing::warn!(error = %e, "etcd watcher directory is not in sync; lookups go to etcd directly"),
+        }
+        if let Some(inner) = weak.upgrade() {
+            if let Ok(mut s) = inner.state.write() {
+                s.synced = false;
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RESYNC_BACKOFF_MAX);
+    }
+}
+
+async fn load_and_watch(weak: &std::sync::Weak<Inner>, etcd: &Etcd) -> Result<(), EtcdError> {
+    let (kvs, revision) = etcd.get_prefix(keys::AGENTS_PREFIX).await?;
+    let token = etcd.get(keys::WATCHER_TOKEN).await?;
+    let mut nodes: HashMap<String, Node> = HashMap::new();
+    for (key, value) in kvs {
+        if let Some((id, field)) = keys::parse_agent_key(&key) {
+            apply_field(nodes.entry(id.to_owned()).or_default(), field, Some(value));
+        }
+    }
+    let watch = |key: KeyRange| {
+        let req = WatchCreateRequest::create(key).start_revision(revision + 1);
+        let client = etcd.client().clone();
+        async move { client.watch(req).await }
+    };
+    let (mut agent_stream, _agent_cancel) =
+        etcd.bounded("watch", watch(KeyRange::prefix(etcd.full_key(keys::AGENTS_PREFIX)))).await?;
+    let (mut token_stream, _token_cancel) =
+        etcd.bounded("watch", watch(KeyRange::key(etcd.full_key(keys::WATCHER_TOKEN)))).await?;
+    {
+        let Some(inner) = weak.upgrade() else { return Ok(()) };
+        let mut s = inner.state.write().map_err(|_| EtcdError::Unavailable("directory lock poisoned".into()))?;
+        *s = State { synced: true, nodes, etcd_token: token };
+        inner.resyncs.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(agents = s.nodes.len(), revision, "etcd watcher directory in sync");
+    }
+    loop {
+        let inbound = tokio::select! {
+            i = agent_stream.inbound() => i,
+            i = token_stream.inbound() => i,
+        };
+        let resp = match inbound {
+            WatchInbound::Ready(resp) => resp,
+            WatchInbound::Interrupted(e) => return Err(EtcdError::Unavailable(format!("watch interrupted: {e}"))),
+            WatchInbound::Closed => return Err(EtcdError::Unavailable("watch closed by etcd".into())),
+        };
+        let Some(inner) = weak.upgrade() else { return Ok(()) };
+        let mut s = inner.state.write().map_err(|_| EtcdError::Unavailable("directory lock poisoned".into()))?;
+        for event in resp.events {
+            let full = String::from_utf8_lossy(&event.kv.key).into_owned();
+            let Some(rel) = full.strip_prefix(etcd.prefix()) else { continue };
+            let value = match event.event_type {
+                EventType::Put => Some(String::from_utf8_lossy(&event.kv.value).into_owned()),
+                EventType::Delete => None,
+            };
+            if rel == keys::WATCHER_TOKEN {
+                s.etcd_token = value;
+            } else if let Some((id, field)) = keys::parse_agent_key(rel) {
+                let node = s.nodes.entry(id.to_owned()).or_default();
+                apply_field(node, field, value);
+                if node.ip.is_none() && node.watcher_port.is_none() {
+                    s.nodes.remove(id);
+                }
+            }
+        }
+    }
+}

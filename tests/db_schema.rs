@@ -1,0 +1,222 @@
+//! Migrations and row types against a real PostgreSQL.
+
+mod common;
+
+use agent_supervisor::{
+    db::{self, models::*, schema},
+    domain::{AgentStatus, KernelStatus, ResourceSlot, SessionStatus, SessionType},
+};
+use chrono::{DateTime, SubsecRound, Utc};
+use common::TestDb;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use serde_json::json;
+
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+async fn table_names(db: &TestDb) -> Vec<String> {
+    #[derive(QueryableByName)]
+    struct T {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        table_name: String,
+    }
+    let mut conn = db.db.conn().await.unwrap();
+    let mut names: Vec<String> = diesel::sql_query(
+        "SELECT table_name::text AS table_name FROM information_schema.tables WHERE table_schema = 'public' AND table_name NOT LIKE '\\_\\_%'",
+    )
+    .load::<T>(&mut conn)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|t| t.table_name)
+    .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn migrations_apply_on_an_empty_database_and_are_reversible() {
+    let db = TestDb::empty().await;
+    assert!(table_names(&db).await.is_empty());
+
+    let applied = db::run_migrations(&db.url).await.unwrap();
+    assert_eq!(applied.len(), 1);
+    let expected = ["agent_events", "agents", "kernels", "keypair_resource_usage", "keypairs", "scaling_groups", "sessions"];
+    assert_eq!(table_names(&db).await, expected);
+    assert!(db::run_migrations(&db.url).await.unwrap().is_empty(), "second run applies nothing");
+
+    let reverted = db::revert_all_migrations(&db.url).await.unwrap();
+    assert_eq!(reverted.len(), 1);
+    assert!(table_names(&db).await.is_empty(), "down.sql removes every table");
+
+    db::run_migrations(&db.url).await.unwrap();
+    assert_eq!(table_names(&db).await, expected);
+}
+
+#[tokio::test]
+async fn every_table_round_trips_through_its_row_type() {
+    let db = TestDb::new().await;
+    let mut conn = db.db.conn().await.unwrap();
+
+    let sg = ScalingGroupRow {
+        name: "gpu".into(),
+        description: Some("GPU nodes".into()),
+        is_active: true,
+        created_at: now(),
+        driver: "static".into(),
+        scheduler: "fifo".into(),
+    };
+    diesel::insert_into(schema::scaling_groups::table).values(&sg).execute(&mut conn).await.unwrap();
+    let got: ScalingGroupRow = schema::scaling_groups::table.find("gpu").select(ScalingGroupRow::as_select()).first(&mut conn).await.unwrap();
+    assert_eq!(got, sg);
+
+    let slots = ResourceSlot::from_json_value(&json!({"cpu": "8", "mem": "34359738368", "cuda.shares": "0.5"})).unwrap();
+    let agent = AgentRow {
+        id: "i-node01".into(),
+        status: AgentStatus::Lost,
+        status_changed: Some(now()),
+        region: "local".into(),
+        scaling_group: "gpu".into(),
+        schedulable: false,
+        available_slots: slots.clone(),
+        occupied_slots: ResourceSlot::new(),
+        addr: "tcp://127.0.0.1:6001".into(),
+        public_host: Some("node01".into()),
+        public_key: Some("a".repeat(40)),
+        first_contact: Some(now()),
+        lost_at: Some(now()),
+        version: "23.09.10".into(),
+        architecture: "x86_64".into(),
+        compute_plugins: json!({"cuda": {"version": "12"}}),
+        auto_terminate_abusing_kernel: true,
+    };
+    diesel::insert_into(schema::agents::table).values(&agent).execute(&mut conn).await.unwrap();
+    let got: AgentRow = schema::agents::table.find("i-node01").select(AgentRow::as_select()).first(&mut conn).await.unwrap();
+    assert_eq!(got, agent);
+
+    let session = SessionRow {
+        id: uuid::Uuid::new_v4(),
+        name: Some("s1".into()),
+        session_type: SessionType::System,
+        access_key: Some("AKTEST0000000000".into()),
+        status: SessionStatus::RunningDegraded,
+        scaling_group_name: Some("gpu".into()),
+        occupying_slots: slots.clone(),
+        requested_slots: slots.clone(),
+        agent_ids: Some(vec![Some("i-node01".into())]),
+        created_at: now(),
+        status_changed: None,
+        terminated_at: None,
+    };
+    diesel::insert_into(schema::sessions::table).values(&session).execute(&mut conn).await.unwrap();
+    let got: SessionRow = schema::sessions::table.find(session.id).select(SessionRow::as_select()).first(&mut conn).await.unwrap();
+    assert_eq!(got, session);
+
+    let kernel = KernelRow {
+        id: uuid::Uuid::new_v4(),
+        session_id: session.id,
+        session_type: SessionType::System,
+        cluster_role: "main".into(),
+        scaling_group: Some("gpu".into()),
+        agent: Some("i-node01".into()),
+        agent_addr: Some("tcp://127.0.0.1:6001".into()),
+        access_key: Some("AKTEST0000000000".into()),
+        image: Some("cr.backend.ai/stable/python:3.11".into()),
+        architecture: "x86_64".into(),
+        container_id: Some("c0ffee".into()),
+        occupied_slots: slots.clone(),
+        requested_slots: slots,
+        status: KernelStatus::Resizing,
+        status_changed: Some(now()),
+        status_info: Some("resizing".into()),
+        created_at: now(),
+        terminated_at: None,
+    };
+    diesel::insert_into(schema::kernels::table).values(&kernel).execute(&mut conn).await.unwrap();
+    let got: KernelRow = schema::kernels::table.find(kernel.id).select(KernelRow::as_select()).first(&mut conn).await.unwrap();
+    assert_eq!(got, kernel);
+
+    let kp = KeypairRow {
+        access_key: "AKTEST0000000000".into(),
+        secret_key: "s".repeat(40),
+        user_id: Some("admin@example.org".into()),
+        is_active: true,
+        is_superadmin: true,
+        description: None,
+        created_at: now(),
+        last_used: None,
+    };
+    diesel::insert_into(schema::keypairs::table).values(&kp).execute(&mut conn).await.unwrap();
+    let got: KeypairRow = schema::keypairs::table.find(&kp.access_key).select(KeypairRow::as_select()).first(&mut conn).await.unwrap();
+    assert_eq!(got, kp);
+    assert!(!format!("{got:?}").contains(&kp.secret_key), "Debug hides the secret key");
+
+    let ev = NewAgentEvent {
+        agent_id: "i-node01".into(),
+        action: "restart".into(),
+        requester: "AKTEST0000000000".into(),
+        requested_at: now(),
+        started_at: Some(now()),
+        finished_at: Some(now()),
+        outcome: "succeeded".into(),
+        http_status: Some(200),
+        detail: json!({"watcher": {"result": "ok"}}),
+    };
+    let id: i64 = diesel::insert_into(schema::agent_events::table)
+        .values(&ev)
+        .returning(schema::agent_events::id)
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    let got: AgentEventRow = schema::agent_events::table.find(id).select(AgentEventRow::as_select()).first(&mut conn).await.unwrap();
+    assert_eq!(
+        (got.agent_id, got.action, got.requester, got.requested_at, got.started_at, got.finished_at, got.outcome, got.http_status, got.detail),
+        (ev.agent_id, ev.action, ev.requester, ev.requested_at, ev.started_at, ev.finished_at, ev.outcome, ev.http_status, ev.detail)
+    );
+
+    let usage = KeypairResourceUsageRow {
+        access_key: "AKTEST0000000000".into(),
+        concurrency_used: 3,
+        sftp_concurrency_used: 1,
+        updated_at: now(),
+    };
+    diesel::insert_into(schema::keypair_resource_usage::table).values(&usage).execute(&mut conn).await.unwrap();
+    let got: KeypairResourceUsageRow =
+        schema::keypair_resource_usage::table.find(&usage.access_key).select(KeypairResourceUsageRow::as_select()).first(&mut conn).await.unwrap();
+    assert_eq!(got, usage);
+}
+
+#[tokio::test]
+async fn schema_rejects_values_outside_the_vocabulary() {
+    let db = TestDb::new().await;
+    let mut conn = db.db.conn().await.unwrap();
+    diesel::sql_query("INSERT INTO scaling_groups (name) VALUES ('default')").execute(&mut conn).await.unwrap();
+    let bad_status = diesel::sql_query(
+        "INSERT INTO agents (id, status, region, addr, version, architecture) VALUES ('a', 'RUNNING', 'r', 'tcp://x', 'v', 'x86_64')",
+    )
+    .execute(&mut conn)
+    .await;
+    assert!(bad_status.unwrap_err().to_string().contains("agentstatus"));
+    let bad_kernel = diesel::sql_query(
+        "INSERT INTO sessions (id) VALUES ('00000000-0000-0000-0000-000000000001');
+         INSERT INTO kernels (id, session_id, status) VALUES (gen_random_uuid(), '00000000-0000-0000-0000-000000000001', 'DONE')",
+    )
+    .execute(&mut conn)
+    .await;
+    assert!(bad_kernel.is_err());
+}
+
+#[tokio::test]
+async fn unreachable_database_is_reported_as_unavailable_within_the_timeout() {
+    let cfg = common::database_config(&format!("postgres://postgres@127.0.0.1:{}/x", common::procs::free_port()));
+    let db = db::Db::new(&cfg).unwrap();
+    let started = std::time::Instant::now();
+    let err = db.conn().await.err().expect("no database listens there");
+    assert!(matches!(err, db::DbError::Unavailable(_)), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let problem = agent_supervisor::error::Problem::from(err);
+    assert_eq!(problem.code.as_str(), "database_unavailable");
+    assert_eq!(problem.status(), 503);
+}
