@@ -2,9 +2,15 @@
 //!
 //! Data flows one way: HTTP → [`api`] → [`service`] → [`actors`] → (watcher | [`db`] | [`etcd`] | [`agent_rpc`]).
 
+pub mod actors;
+pub mod api;
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
 pub mod etcd;
+pub mod service;
+pub mod telemetry;
+pub mod watcher;

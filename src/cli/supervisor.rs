@@ -18,6 +18,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon (migrations first unless database.run_migrations = false).
+    Serve,
     /// Apply pending database migrations and exit.
     Migrate {
         /// Revert every migration instead (drops the supervisor's tables).
@@ -37,6 +39,17 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::Serve = cli.command {
+        crate::telemetry::init(config.log.format, &config.log.level);
+        return match crate::app::serve(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "agent-supervisor failed");
+                eprintln!("agent-supervisor: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -47,6 +60,7 @@ pub fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Migrate { revert_all } => migrate(&config, revert_all).await,
+            Command::Serve => Ok(()),
             Command::CheckConfig => {
                 println!("{config:#?}");
                 Ok(())

@@ -99,3 +99,75 @@ impl Drop for PrivateEtcd {
         self.stop();
     }
 }
+
+/// A TCP proxy to PostgreSQL that a test can cut (every connection dropped, new ones refused) and restore, to
+/// see how the daemon behaves when its database goes away and comes back.
+pub struct TcpProxy {
+    pub port: u16,
+    target: String,
+    state: std::sync::Arc<std::sync::Mutex<ProxyState>>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    up: bool,
+    epoch: u64,
+}
+
+impl TcpProxy {
+    /// `admin_url` names the target (`postgres://user@host:port/db`).
+    pub fn start(admin_url: &str) -> Self {
+        let hostport = admin_url.split('@').nth(1).and_then(|r| r.split('/').next()).unwrap_or("127.0.0.1:5432").to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = std::sync::Arc::new(std::sync::Mutex::new(ProxyState { up: true, epoch: 0 }));
+        let st = state.clone();
+        let target = hostport.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let (up, epoch) = { let s = st.lock().unwrap(); (s.up, s.epoch) };
+                if !up {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(&target) else { continue };
+                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                    let st = st.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        let _ = from.set_read_timeout(Some(Duration::from_millis(100)));
+                        loop {
+                            if { let s = st.lock().unwrap(); !s.up || s.epoch != epoch } {
+                                let _ = from.shutdown(std::net::Shutdown::Both);
+                                let _ = to.shutdown(std::net::Shutdown::Both);
+                                return;
+                            }
+                            match std::io::Read::read(&mut from, &mut buf) {
+                                Ok(0) => { let _ = to.shutdown(std::net::Shutdown::Both); return; }
+                                Ok(n) => { if std::io::Write::write_all(&mut to, &buf[..n]).is_err() { return; } }
+                                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                                Err(_) => { let _ = to.shutdown(std::net::Shutdown::Both); return; }
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Self { port, target: hostport, state }
+    }
+
+    /// The same URL, through the proxy.
+    pub fn rewrite(&self, url: &str) -> String {
+        url.replace(&self.target, &format!("127.0.0.1:{}", self.port))
+    }
+
+    pub fn cut(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.up = false;
+        s.epoch += 1;
+    }
+
+    pub fn restore(&self) {
+        self.state.lock().unwrap().up = true;
+    }
+}

@@ -1,0 +1,449 @@
+//! `AgentActor`: one per agent. It serialises start/stop/restart in arrival order through a bounded FIFO it owns,
+//! answers status queries concurrently (never queued behind a command), remembers what it last saw of the watcher
+//! and how recent commands ended, probes the watcher on an interval, and audits every command in `agent_events`.
+
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use super::{Deps, OUTCOMES_KEPT};
+use crate::{
+    db::{models::NewAgentEvent, queries},
+    domain::AgentId,
+    error::{ErrorCode, Problem},
+    watcher::client::{self, WatcherCommand},
+};
+
+/// What the actor last observed of its watcher.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Observation {
+    /// `agent-status` as the watcher reported it (`active`, `inactive`, `failed`, ...), if it answered.
+    pub agent_status: Option<String>,
+    pub reachable: bool,
+    pub at: DateTime<Utc>,
+    pub latency_ms: u64,
+    /// Why the watcher could not be asked, when it could not.
+    pub error: Option<String>,
+}
+
+/// How a finished command ended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CommandOutcome {
+    pub event_id: Option<i64>,
+    pub command: WatcherCommand,
+    pub requester: String,
+    pub outcome: &'static str,
+    pub http_status: u16,
+    pub finished_at: DateTime<Utc>,
+    pub elapsed_ms: u64,
+}
+
+/// Ask the watcher whether the agent service is up (seed: `GetWatcherStatusAction`).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<GetWatcherStatusResult, Problem>")]
+pub struct GetWatcherStatus;
+
+/// `GetWatcherStatusActionResult`: the watcher's JSON, verbatim.
+#[derive(Debug, Clone, Serialize)]
+pub struct GetWatcherStatusResult {
+    pub agent_id: AgentId,
+    pub data: Value,
+    pub latency_ms: u64,
+}
+
+/// Start the agent (seed: `WatcherAgentStartAction`). Refused with `agent_already_running` when it runs.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<WatcherCommandResult, Problem>")]
+pub struct WatcherAgentStart {
+    pub requester: String,
+}
+
+/// Stop the agent (seed: `WatcherAgentStopAction`). Refused with `agent_already_stopped` when it is stopped, and
+/// with `agent_has_running_kernels` while kernels occupy it, unless `force`.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<WatcherCommandResult, Problem>")]
+pub struct WatcherAgentStop {
+    pub force: bool,
+    pub requester: String,
+}
+
+/// Restart the agent (seed: `WatcherAgentRestartAction`); on a stopped agent this starts it.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<WatcherCommandResult, Problem>")]
+pub struct WatcherAgentRestart {
+    pub requester: String,
+}
+
+/// `WatcherAgent{Start,Stop,Restart}ActionResult`: the watcher's JSON, verbatim, plus the audit event id.
+#[derive(Debug, Clone, Serialize)]
+pub struct WatcherCommandResult {
+    pub agent_id: AgentId,
+    pub command: WatcherCommand,
+    pub data: Value,
+    pub event_id: i64,
+    pub elapsed_ms: u64,
+}
+
+/// The actor's state for listings.
+#[derive(Debug, Message)]
+#[rtype(result = "AgentSnapshot")]
+pub struct GetSnapshot;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentSnapshot {
+    pub agent_id: AgentId,
+    pub watcher: Option<Observation>,
+    pub in_flight: Option<WatcherCommand>,
+    pub queued: usize,
+    pub recent: Vec<CommandOutcome>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Command {
+    Start,
+    Stop { force: bool },
+    Restart,
+}
+
+impl Command {
+    fn watcher(self) -> WatcherCommand {
+        match self {
+            Command::Start => WatcherCommand::Start,
+            Command::Stop { .. } => WatcherCommand::Stop,
+            Command::Restart => WatcherCommand::Restart,
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<WatcherCommandResult, Problem>>;
+
+struct Queued {
+    command: Command,
+    requester: String,
+    requested_at: DateTime<Utc>,
+    reply: Reply,
+}
+
+pub struct AgentActor {
+    id: AgentId,
+    deps: Deps,
+    queue: VecDeque<Queued>,
+    in_flight: Option<WatcherCommand>,
+    observed: Option<Observation>,
+    outcomes: VecDeque<CommandOutcome>,
+    probing: bool,
+}
+
+impl AgentActor {
+    pub fn new(id: AgentId, deps: Deps) -> Self {
+        Self { id, deps, queue: VecDeque::new(), in_flight: None, observed: None, outcomes: VecDeque::new(), probing: false }
+    }
+
+    fn enqueue(&mut self, command: Command, requester: String, ctx: &mut Context<Self>) -> ResponseFuture<Result<WatcherCommandResult, Problem>> {
+        if self.queue.len() >= self.deps.settings.queue_capacity {
+            let p = Problem::new(
+                ErrorCode::AgentBusy,
+                format!("{} commands already wait for agent {}; try again later", self.queue.len(), self.id),
+            )
+            .for_agent(self.id.as_str());
+            return Box::pin(async move { Err(p) });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.queue.push_back(Queued { command, requester, requested_at: Utc::now(), reply: tx });
+        self.pump(ctx);
+        let id = self.id.clone();
+        Box::pin(async move {
+            rx.await.unwrap_or_else(|_| Err(Problem::new(ErrorCode::ShuttingDown, "the command was dropped").for_agent(id.as_str())))
+        })
+    }
+
+    /// Runs the next queued command if none is running.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self.in_flight.is_some() {
+            return;
+        }
+        let Some(next) = self.queue.pop_front() else { return };
+        self.in_flight = Some(next.command.watcher());
+        let Queued { command, requester, requested_at, reply } = next;
+        let span = tracing::info_span!("command", agent.id = %self.id, action = command.watcher().as_str(), requester = %requester);
+        let fut = tracing::Instrument::instrument(execute(self.id.clone(), self.deps.clone(), command, requester.clone(), requested_at), span);
+        ctx.spawn(fut.into_actor(self).map(move |(result, observation, outcome), act, ctx| {
+            act.in_flight = None;
+            if let Some(o) = observation {
+                act.observe(o);
+            }
+            act.outcomes.push_front(CommandOutcome { requester, ..outcome });
+            act.outcomes.truncate(OUTCOMES_KEPT);
+            let _ = reply.send(result);
+            act.pump(ctx);
+        }));
+    }
+
+    fn observe(&mut self, o: Observation) {
+        let before = self.observed.as_ref().map(|p| (p.reachable, p.agent_status.clone()));
+        let after = (o.reachable, o.agent_status.clone());
+        if let Some(before) = before {
+            if before != after {
+                tracing::info!(
+                    agent.id = %self.id,
+                    from_reachable = before.0, to_reachable = after.0,
+                    from_status = ?before.1, to_status = ?after.1,
+                    "watcher state changed"
+                );
+                let event = NewAgentEvent {
+                    agent_id: self.id.to_string(),
+                    action: "observe".into(),
+                    requester: "supervisor".into(),
+                    requested_at: o.at,
+                    started_at: Some(o.at),
+                    finished_at: Some(o.at),
+                    outcome: "observed".into(),
+                    http_status: None,
+                    detail: json!({
+                        "from": {"reachable": before.0, "agent_status": before.1},
+                        "to": {"reachable": after.0, "agent_status": after.1},
+                        "error": o.error,
+                    }),
+                };
+                let db = self.deps.db.clone();
+                actix::spawn(async move {
+                    let stored = async { queries::insert_event(&mut *db.conn().await?, &event).await }.await;
+                    if let Err(e) = stored {
+                        tracing::warn!(error = %e, "could not record a watcher state change");
+                    }
+                });
+            }
+        }
+        self.observed = Some(o);
+    }
+
+    fn probe(&mut self, ctx: &mut Context<Self>) {
+        if self.probing {
+            return;
+        }
+        self.probing = true;
+        let fut = fetch_status(self.id.clone(), self.deps.clone());
+        ctx.spawn(fut.into_actor(self).map(|(_, observation), act, _| {
+            act.probing = false;
+            act.observe(observation);
+        }));
+    }
+}
+
+impl Actor for AgentActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let interval = self.deps.settings.probe_interval;
+        if !interval.is_zero() {
+            // Jitter spreads the probes of thousands of agents over the interval.
+            let first = Duration::from_millis(rand::thread_rng().gen_range(0..=interval.as_millis() as u64));
+            ctx.run_later(first, move |act, ctx| {
+                act.probe(ctx);
+                ctx.run_interval(interval, |act, ctx| act.probe(ctx));
+            });
+        }
+    }
+}
+
+impl Handler<GetWatcherStatus> for AgentActor {
+    type Result = ResponseActFuture<Self, Result<GetWatcherStatusResult, Problem>>;
+
+    fn handle(&mut self, _: GetWatcherStatus, _: &mut Self::Context) -> Self::Result {
+        let fut = fetch_status(self.id.clone(), self.deps.clone());
+        Box::pin(fut.into_actor(self).map(|(result, observation), act, _| {
+            act.observe(observation);
+            result
+        }))
+    }
+}
+
+impl Handler<WatcherAgentStart> for AgentActor {
+    type Result = ResponseFuture<Result<WatcherCommandResult, Problem>>;
+    fn handle(&mut self, msg: WatcherAgentStart, ctx: &mut Self::Context) -> Self::Result {
+        self.enqueue(Command::Start, msg.requester, ctx)
+    }
+}
+
+impl Handler<WatcherAgentStop> for AgentActor {
+    type Result = ResponseFuture<Result<WatcherCommandResult, Problem>>;
+    fn handle(&mut self, msg: WatcherAgentStop, ctx: &mut Self::Context) -> Self::Result {
+        self.enqueue(Command::Stop { force: msg.force }, msg.requester, ctx)
+    }
+}
+
+impl Handler<WatcherAgentRestart> for AgentActor {
+    type Result = ResponseFuture<Result<WatcherCommandResult, Problem>>;
+    fn handle(&mut self, msg: WatcherAgentRestart, ctx: &mut Self::Context) -> Self::Result {
+        self.enqueue(Command::Restart, msg.requester, ctx)
+    }
+}
+
+impl Handler<GetSnapshot> for AgentActor {
+    type Result = MessageResult<GetSnapshot>;
+    fn handle(&mut self, _: GetSnapshot, _: &mut Self::Context) -> Self::Result {
+        MessageResult(AgentSnapshot {
+            agent_id: self.id.clone(),
+            watcher: self.observed.clone(),
+            in_flight: self.in_flight,
+            queued: self.queue.len(),
+            recent: self.outcomes.iter().cloned().collect(),
+        })
+    }
+}
+
+/// Asks the watcher for its status; always yields an observation, even of a failure.
+async fn fetch_status(id: AgentId, deps: Deps) -> (Result<GetWatcherStatusResult, Problem>, Observation) {
+    let started = Instant::now();
+    let result = async {
+        let addr = deps.directory.watcher_address(&id).await.map_err(Problem::from)?;
+        let token = deps.directory.watcher_token().await.map_err(Problem::from)?;
+        client::get_status(&addr, &token, deps.settings.status_timeout).await.map_err(Problem::from)
+    }
+    .await;
+    let latency_ms = started.elapsed().as_millis() as u64;
+    let observation = match &result {
+        Ok(reply) => Observation {
+            agent_status: reply.body.get("agent-status").and_then(Value::as_str).map(str::to_owned),
+            reachable: true,
+            at: Utc::now(),
+            latency_ms,
+            error: None,
+        },
+        Err(p) => Observation {
+            agent_status: None,
+            reachable: !matches!(p.code, ErrorCode::WatcherTimeout | ErrorCode::WatcherUnreachable),
+            at: Utc::now(),
+            latency_ms,
+            error: Some(p.to_string()),
+        },
+    };
+    let result = result
+        .map(|reply| GetWatcherStatusResult { agent_id: id.clone(), data: reply.body, latency_ms })
+        .map_err(|p| p.for_agent(id.as_str()));
+    (result, observation)
+}
+
+/// One command, start to finish: audit row, pre-checks, the watcher call, the audit outcome.
+async fn execute(
+    id: AgentId,
+    deps: Deps,
+    command: Command,
+    requester: String,
+    requested_at: DateTime<Utc>,
+) -> (Result<WatcherCommandResult, Problem>, Option<Observation>, CommandOutcome) {
+    let started = Instant::now();
+    let wc = command.watcher();
+    let event = NewAgentEvent {
+        agent_id: id.to_string(),
+        action: wc.as_str().into(),
+        requester: requester.clone(),
+        requested_at,
+        started_at: Some(Utc::now()),
+        finished_at: None,
+        outcome: "running".into(),
+        http_status: None,
+        detail: json!({"force": matches!(command, Command::Stop { force: true })}),
+    };
+    // A command that cannot be audited is not run.
+    let event_id = match async { queries::insert_event(&mut *deps.db.conn().await?, &event).await }.await {
+        Ok(eid) => eid,
+        Err(e) => {
+            let p = Problem::from(e).for_agent(id.as_str());
+            let outcome = outcome_of(None, wc, &requester, "failed", p.status(), started);
+            return (Err(p), None, outcome);
+        }
+    };
+
+    let (result, observation) = run_command(&id, &deps, command).await;
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    let (label, status, detail) = match &result {
+        Ok(data) => ("succeeded", 200u16, json!({"watcher": data, "elapsed_ms": elapsed_ms})),
+        Err(p) => {
+            let label = match p.code {
+                ErrorCode::AgentAlreadyRunning | ErrorCode::AgentAlreadyStopped | ErrorCode::AgentHasRunningKernels => "rejected",
+                // The watcher may still finish the command after we stopped waiting.
+                ErrorCode::WatcherTimeout => "unknown",
+                _ => "failed",
+            };
+            (label, p.status(), json!({"problem": p.to_json(), "elapsed_ms": elapsed_ms}))
+        }
+    };
+    tracing::info!(outcome = label, http_status = status, elapsed_ms, "command finished");
+    let finished = async { queries::finish_event(&mut *deps.db.conn().await?, event_id, label, Some(status as i16), &detail, Utc::now()).await }.await;
+    if let Err(e) = finished {
+        tracing::warn!(event_id, error = %e, "could not record the command's outcome");
+    }
+    let outcome = outcome_of(Some(event_id), wc, &requester, label, status, started);
+    let result = result
+        .map(|data| WatcherCommandResult { agent_id: id.clone(), command: wc, data, event_id, elapsed_ms })
+        .map_err(|p| p.for_agent(id.as_str()).with("event_id", event_id));
+    (result, observation, outcome)
+}
+
+fn outcome_of(event_id: Option<i64>, command: WatcherCommand, requester: &str, outcome: &'static str, http_status: u16, started: Instant) -> CommandOutcome {
+    CommandOutcome {
+        event_id,
+        command,
+        requester: requester.to_owned(),
+        outcome,
+        http_status,
+        finished_at: Utc::now(),
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    }
+}
+
+async fn run_command(id: &AgentId, deps: &Deps, command: Command) -> (Result<Value, Problem>, Option<Observation>) {
+    let mut observation = None;
+    // Pre-checks: the current state decides whether the command makes sense, with any watcher.
+    if matches!(command, Command::Start | Command::Stop { .. }) {
+        let (status, obs) = fetch_status(id.clone(), deps.clone()).await;
+        observation = Some(obs);
+        let status = match status {
+            Ok(s) => s,
+            Err(p) => return (Err(p), observation),
+        };
+        let agent_status = status.data.get("agent-status").and_then(Value::as_str).unwrap_or("");
+        match (command, agent_status) {
+            (Command::Start, "active" | "activating" | "reloading") => {
+                let p = Problem::new(ErrorCode::AgentAlreadyRunning, format!("agent {id} is {agent_status}; start was not sent"));
+                return (Err(p), observation);
+            }
+            (Command::Stop { .. }, "inactive") => {
+                let p = Problem::new(ErrorCode::AgentAlreadyStopped, format!("agent {id} is inactive; stop was not sent"));
+                return (Err(p), observation);
+            }
+            _ => {}
+        }
+        if let Command::Stop { force: false } = command {
+            let count = async { queries::count_occupying_kernels(&mut *deps.db.conn().await?, id.as_str()).await }.await;
+            match count {
+                Ok(0) => {}
+                Ok(n) => {
+                    let p = Problem::new(
+                        ErrorCode::AgentHasRunningKernels,
+                        format!("agent {id} has {n} kernel(s) occupying resources; stop with force=true to stop it anyway"),
+                    )
+                    .with("kernel_count", n);
+                    return (Err(p), observation);
+                }
+                Err(e) => return (Err(Problem::from(e)), observation),
+            }
+        }
+    }
+    let reply = async {
+        let addr = deps.directory.watcher_address(id).await.map_err(Problem::from)?;
+        let token = deps.directory.watcher_token().await.map_err(Problem::from)?;
+        client::send_command(&addr, &token, command.watcher(), deps.settings.command_timeout).await.map_err(Problem::from)
+    }
+    .await;
+    (reply.map(|r| r.body), observation)
+}

@@ -1,0 +1,54 @@
+//! The admin HTTP API: Backend.AI-compatible routes (so the official client works unchanged) and our own `/v1`.
+//! Handlers are thin: extract, authorise, send to the service, map the result. The route table is [`routes`].
+
+mod compat;
+pub mod params;
+pub mod problem;
+mod requester;
+mod v1;
+
+use actix_web::web;
+
+pub use requester::Requester;
+
+use crate::service::Supervisor;
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub supervisor: Supervisor,
+    pub max_body_bytes: usize,
+}
+
+/// The route table.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/").get(compat::version).default_service(web::to(problem::method_not_allowed)))
+        .service(web::resource("/manager/announcement").get(compat::announcement).default_service(web::to(problem::method_not_allowed)))
+        .service(web::resource("/resource/watcher").get(compat::watcher_status).default_service(web::to(problem::method_not_allowed)))
+        .service(web::resource("/resource/watcher/agent/start").post(compat::watcher_start).default_service(web::to(problem::method_not_allowed)))
+        .service(web::resource("/resource/watcher/agent/stop").post(compat::watcher_stop).default_service(web::to(problem::method_not_allowed)))
+        .service(web::resource("/resource/watcher/agent/restart").post(compat::watcher_restart).default_service(web::to(problem::method_not_allowed)))
+        .service(web::resource("/healthz").get(v1::healthz).default_service(web::to(problem::method_not_allowed)))
+        .service(web::resource("/v1/agents").get(v1::list_agents).default_service(web::to(problem::method_not_allowed)))
+        .service(web::resource("/v1/agents/{id}/watcher").get(v1::watcher_status).default_service(web::to(problem::method_not_allowed)))
+        .service(web::resource("/v1/agents/{id}/start").post(v1::start).default_service(web::to(problem::method_not_allowed)))
+        .service(web::resource("/v1/agents/{id}/stop").post(v1::stop).default_service(web::to(problem::method_not_allowed)))
+        .service(web::resource("/v1/agents/{id}/restart").post(v1::restart).default_service(web::to(problem::method_not_allowed)))
+        .service(web::resource("/v1/agents/{id}/events").get(v1::events).default_service(web::to(problem::method_not_allowed)))
+        .default_service(web::to(problem::not_found));
+}
+
+/// One span per request, with method, path and the outcome.
+pub async fn trace_request(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    use tracing::Instrument;
+    let started = std::time::Instant::now();
+    let span = tracing::info_span!("request", method = %req.method(), path = %req.path());
+    let res = next.call(req).instrument(span.clone()).await?;
+    let status = res.status().as_u16();
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    span.in_scope(|| tracing::debug!(status, elapsed_ms, "request finished"));
+    Ok(res)
+}

@@ -1,0 +1,74 @@
+//! Our own `/v1` API: richer answers (audit ids, timings, cached supervision state).
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::json;
+
+use super::{AppState, Requester, params::{force_from_query, parse_agent_id, query_pairs}};
+use crate::{
+    error::Problem,
+    service::{GetWatcherStatusAction, WatcherAgentRestartAction, WatcherAgentStartAction, WatcherAgentStopAction},
+};
+
+const DEFAULT_EVENTS: i64 = 50;
+const MAX_EVENTS: i64 = 1000;
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+pub async fn list_agents(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    let pairs = query_pairs(req.query_string(), &["scaling_group"])?;
+    let sg = pairs.iter().find(|(k, _)| k == "scaling_group").map(|(_, v)| v.as_str());
+    let agents = state.supervisor.list_agents(sg).await?;
+    Ok(HttpResponse::Ok().json(json!({ "agents": agents })))
+}
+
+pub async fn watcher_status(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    query_pairs(req.query_string(), &[])?;
+    let agent_id = parse_agent_id("agent_id", &path)?;
+    let r = state.supervisor.get_watcher_status(GetWatcherStatusAction { agent_id }).await?;
+    Ok(HttpResponse::Ok().json(json!({"agent_id": r.agent_id, "watcher": r.data, "latency_ms": r.latency_ms})))
+}
+
+fn command_reply(r: crate::service::WatcherCommandActionResult) -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "agent_id": r.agent_id,
+        "command": r.command,
+        "result": r.data,
+        "event_id": r.event_id,
+        "elapsed_ms": r.elapsed_ms,
+    }))
+}
+
+pub async fn start(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>, who: Requester) -> Result<HttpResponse, Problem> {
+    query_pairs(req.query_string(), &[])?;
+    let agent_id = parse_agent_id("agent_id", &path)?;
+    Ok(command_reply(state.supervisor.watcher_agent_start(WatcherAgentStartAction { agent_id, requester: who.name }).await?))
+}
+
+pub async fn stop(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>, who: Requester) -> Result<HttpResponse, Problem> {
+    let force = force_from_query(req.query_string())?;
+    let agent_id = parse_agent_id("agent_id", &path)?;
+    Ok(command_reply(state.supervisor.watcher_agent_stop(WatcherAgentStopAction { agent_id, force, requester: who.name }).await?))
+}
+
+pub async fn restart(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>, who: Requester) -> Result<HttpResponse, Problem> {
+    query_pairs(req.query_string(), &[])?;
+    let agent_id = parse_agent_id("agent_id", &path)?;
+    Ok(command_reply(state.supervisor.watcher_agent_restart(WatcherAgentRestartAction { agent_id, requester: who.name }).await?))
+}
+
+pub async fn events(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    let pairs = query_pairs(req.query_string(), &["limit"])?;
+    let limit = match pairs.iter().find(|(k, _)| k == "limit") {
+        Some((_, v)) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX_EVENTS).contains(n))
+            .ok_or_else(|| Problem::invalid_field("limit", format!("must be 1..={MAX_EVENTS}")))?,
+        None => DEFAULT_EVENTS,
+    };
+    let agent_id = parse_agent_id("agent_id", &path)?;
+    let events = state.supervisor.agent_events(&agent_id, limit).await?;
+    Ok(HttpResponse::Ok().json(json!({"agent_id": agent_id, "events": events})))
+}

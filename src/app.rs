@@ -1,0 +1,96 @@
+//! Assembles the daemon: database pool, migrations, etcd watcher directory, actors, and the HTTP server. Used by
+//! `agent-supervisor serve` and by the end-to-end tests, so both run exactly the same thing.
+
+use std::{net::TcpListener, time::Duration};
+
+use actix::Actor;
+use actix_web::{App, HttpServer, dev::Server, middleware, web};
+
+use crate::{
+    actors::{ActorSettings, Deps, LoadAgents, RegistryActor},
+    api::{self, AppState},
+    config::Config,
+    db::{self, Db, queries},
+    etcd::{Etcd, WatcherDirectory},
+    service::Supervisor,
+};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("database: {0}")]
+    Db(#[from] db::DbError),
+    #[error("etcd: {0}")]
+    Etcd(#[from] crate::etcd::EtcdError),
+    #[error("cannot listen: {0}")]
+    Listen(#[from] std::io::Error),
+}
+
+/// A started daemon: the server future to await, and handles for tests and shutdown.
+pub struct Running {
+    pub server: Server,
+    pub addr: std::net::SocketAddr,
+    pub supervisor: Supervisor,
+    pub directory: WatcherDirectory,
+}
+
+/// Starts everything on the current actix system. The listener decides the address (tests pass port 0).
+pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, StartError> {
+    let db = Db::new(&config.database)?;
+    if config.database.run_migrations {
+        for v in db::run_migrations(config.database.url.expose()).await? {
+            tracing::info!(version = %v, "applied migration");
+        }
+    }
+    match async { queries::mark_open_events_interrupted(&mut *db.conn().await?).await }.await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(count = n, "commands left open by a previous run are recorded as interrupted"),
+        Err(e) => tracing::warn!(error = %e, "could not check for interrupted commands"),
+    }
+
+    let etcd = Etcd::connect(&config.etcd).await?;
+    if config.watcher.token.is_none() {
+        tracing::info!("no watcher token configured; etcd config/watcher/token or \"insecure\" will be used");
+    }
+    let directory = WatcherDirectory::start(etcd, config.watcher.default_port, config.watcher.token.clone());
+    if !directory.wait_synced(Duration::from_millis(config.etcd.timeout_ms)).await {
+        tracing::warn!("etcd is not reachable yet; watcher lookups fail with etcd_unavailable until it is");
+    }
+
+    let settings = ActorSettings::from(&config.watcher);
+    let deps = Deps { db: db.clone(), directory: directory.clone(), settings: settings.clone() };
+    let registry = RegistryActor::new(deps).start();
+    match registry.send(LoadAgents).await {
+        Ok(Ok(n)) => tracing::info!(agents = n, "agent actors started"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "agents not loaded at start-up; actors are created on first use"),
+        Err(e) => tracing::warn!(error = %e, "registry did not answer"),
+    }
+    let supervisor = Supervisor::new(registry, db, settings);
+    let state = AppState { supervisor: supervisor.clone(), max_body_bytes: config.api.max_body_bytes };
+
+    let addr = listener.local_addr()?;
+    let max_body = config.api.max_body_bytes;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(state.clone()))
+            .app_data(web::PayloadConfig::new(max_body))
+            .wrap(middleware::from_fn(api::trace_request))
+            .configure(api::routes)
+    })
+    .listen(listener)?
+    .shutdown_timeout(30)
+    .run();
+    Ok(Running { server, addr, supervisor, directory })
+}
+
+/// `agent-supervisor serve`: runs until SIGTERM/SIGINT, then lets in-flight requests finish.
+pub fn serve(config: Config) -> Result<(), StartError> {
+    actix_rt::System::new().block_on(async move {
+        let listener = TcpListener::bind(&config.api.listen)?;
+        let running = start(&config, listener).await?;
+        tracing::info!(listen = %running.addr, "agent-supervisor serving");
+        running.server.await?;
+        tracing::info!("agent-supervisor stopped");
+        Ok(())
+    })
+}

@@ -1,0 +1,95 @@
+//! Queries used by the actors and the API. Each takes a connection so callers can compose them in a transaction.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use super::{
+    DbError,
+    models::{AgentEventRow, AgentRow, NewAgentEvent},
+    query_error,
+    schema::{agent_events, agents, kernels},
+};
+use crate::domain::KernelStatus;
+
+/// Every agent id, in order.
+pub async fn agent_ids(conn: &mut AsyncPgConnection) -> Result<Vec<String>, DbError> {
+    agents::table.select(agents::id).order(agents::id).load(conn).await.map_err(query_error)
+}
+
+pub async fn find_agent(conn: &mut AsyncPgConnection, id: &str) -> Result<Option<AgentRow>, DbError> {
+    agents::table.find(id).select(AgentRow::as_select()).first(conn).await.optional().map_err(query_error)
+}
+
+pub async fn list_agents(conn: &mut AsyncPgConnection, scaling_group: Option<&str>) -> Result<Vec<AgentRow>, DbError> {
+    let mut q = agents::table.select(AgentRow::as_select()).order(agents::id).into_boxed();
+    if let Some(sg) = scaling_group {
+        q = q.filter(agents::scaling_group.eq(sg.to_owned()));
+    }
+    q.load(conn).await.map_err(query_error)
+}
+
+/// Kernels of the agent in a resource-occupying status (all but PENDING, TERMINATED, CANCELLED).
+pub async fn count_occupying_kernels(conn: &mut AsyncPgConnection, agent_id: &str) -> Result<i64, DbError> {
+    let statuses: Vec<KernelStatus> = KernelStatus::occupying().collect();
+    kernels::table
+        .filter(kernels::agent.eq(agent_id))
+        .filter(kernels::status.eq_any(statuses))
+        .count()
+        .get_result(conn)
+        .await
+        .map_err(query_error)
+}
+
+/// Records a command as started; returns the event id.
+pub async fn insert_event(conn: &mut AsyncPgConnection, event: &NewAgentEvent) -> Result<i64, DbError> {
+    diesel::insert_into(agent_events::table)
+        .values(event)
+        .returning(agent_events::id)
+        .get_result(conn)
+        .await
+        .map_err(query_error)
+}
+
+/// Records how a command ended.
+pub async fn finish_event(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    outcome: &str,
+    http_status: Option<i16>,
+    detail: &serde_json::Value,
+    finished_at: DateTime<Utc>,
+) -> Result<(), DbError> {
+    diesel::update(agent_events::table.find(id))
+        .set((
+            agent_events::outcome.eq(outcome),
+            agent_events::http_status.eq(http_status),
+            agent_events::detail.eq(detail),
+            agent_events::finished_at.eq(Some(finished_at)),
+        ))
+        .execute(conn)
+        .await
+        .map(|_| ())
+        .map_err(query_error)
+}
+
+/// Newest first.
+pub async fn list_events(conn: &mut AsyncPgConnection, agent_id: &str, limit: i64) -> Result<Vec<AgentEventRow>, DbError> {
+    agent_events::table
+        .filter(agent_events::agent_id.eq(agent_id))
+        .order(agent_events::id.desc())
+        .limit(limit)
+        .select(AgentEventRow::as_select())
+        .load(conn)
+        .await
+        .map_err(query_error)
+}
+
+/// Commands still open from a previous run of the daemon (it died mid-command) are marked `interrupted`.
+pub async fn mark_open_events_interrupted(conn: &mut AsyncPgConnection) -> Result<usize, DbError> {
+    diesel::update(agent_events::table.filter(agent_events::outcome.eq_any(["queued", "running"])))
+        .set((agent_events::outcome.eq("interrupted"), agent_events::finished_at.eq(Some(Utc::now()))))
+        .execute(conn)
+        .await
+        .map_err(query_error)
+}

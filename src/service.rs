@@ -1,0 +1,146 @@
+//! The seed's actions and results, and [`Supervisor`], the facade the HTTP layer calls. Each method sends the action
+//! to the actors with a bound on how long it may take, and maps a dead mailbox to a clear error.
+
+use std::time::Duration;
+
+use actix::{Addr, MailboxError};
+use serde::Serialize;
+
+use crate::{
+    actors::{
+        self, AgentActor, AgentSnapshot, GetAgent, GetSnapshot, GetWatcherStatus, ListAgentActors, RegistryActor,
+        WatcherAgentRestart, WatcherAgentStart, WatcherAgentStop,
+    },
+    db::{Db, models::{AgentEventRow, AgentRow}, queries},
+    domain::AgentId,
+    error::{ErrorCode, Problem},
+};
+
+/// `GetWatcherStatusAction`.
+#[derive(Debug, Clone)]
+pub struct GetWatcherStatusAction {
+    pub agent_id: AgentId,
+}
+/// `GetWatcherStatusActionResult`: `data` is the watcher's JSON.
+pub type GetWatcherStatusActionResult = actors::GetWatcherStatusResult;
+
+/// `WatcherAgentStartAction`.
+#[derive(Debug, Clone)]
+pub struct WatcherAgentStartAction {
+    pub agent_id: AgentId,
+    pub requester: String,
+}
+/// `WatcherAgentStopAction`; `force` stops an agent that still runs kernels.
+#[derive(Debug, Clone)]
+pub struct WatcherAgentStopAction {
+    pub agent_id: AgentId,
+    pub force: bool,
+    pub requester: String,
+}
+/// `WatcherAgentRestartAction`.
+#[derive(Debug, Clone)]
+pub struct WatcherAgentRestartAction {
+    pub agent_id: AgentId,
+    pub requester: String,
+}
+/// `WatcherAgent{Start,Stop,Restart}ActionResult`: `data` is the watcher's JSON.
+pub type WatcherCommandActionResult = actors::WatcherCommandResult;
+
+/// One agent as `GET /v1/agents` lists it: its row and what its actor last saw.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentListing {
+    #[serde(flatten)]
+    pub row: AgentRow,
+    pub supervision: Option<AgentSnapshot>,
+}
+
+/// Slack on top of the watcher timeouts for the hop through the actors.
+const ACTOR_SLACK: Duration = Duration::from_secs(2);
+
+#[derive(Clone)]
+pub struct Supervisor {
+    registry: Addr<RegistryActor>,
+    db: Db,
+    settings: actors::ActorSettings,
+}
+
+fn mailbox(e: MailboxError) -> Problem {
+    match e {
+        MailboxError::Closed => Problem::new(ErrorCode::ShuttingDown, "the supervisor is shutting down"),
+        MailboxError::Timeout => Problem::new(ErrorCode::InternalError, "the actor did not answer in time"),
+    }
+}
+
+impl Supervisor {
+    pub fn new(registry: Addr<RegistryActor>, db: Db, settings: actors::ActorSettings) -> Self {
+        Self { registry, db, settings }
+    }
+
+    pub fn registry(&self) -> &Addr<RegistryActor> {
+        &self.registry
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    async fn agent(&self, agent_id: &AgentId) -> Result<Addr<AgentActor>, Problem> {
+        let bound = Duration::from_millis(self.settings.status_timeout.as_millis() as u64) + ACTOR_SLACK;
+        self.registry.send(GetAgent { agent_id: agent_id.clone() }).timeout(bound).await.map_err(mailbox)?
+    }
+
+    /// The longest a command may take: every queued command ahead of it, each with its pre-check and call.
+    fn command_bound(&self) -> Duration {
+        let one = self.settings.command_timeout + self.settings.status_timeout + ACTOR_SLACK;
+        one * (self.settings.queue_capacity as u32 + 1)
+    }
+
+    pub async fn get_watcher_status(&self, action: GetWatcherStatusAction) -> Result<GetWatcherStatusActionResult, Problem> {
+        let agent = self.agent(&action.agent_id).await?;
+        agent.send(GetWatcherStatus).timeout(self.settings.status_timeout * 2 + ACTOR_SLACK).await.map_err(mailbox)?
+    }
+
+    pub async fn watcher_agent_start(&self, action: WatcherAgentStartAction) -> Result<WatcherCommandActionResult, Problem> {
+        let agent = self.agent(&action.agent_id).await?;
+        agent.send(WatcherAgentStart { requester: action.requester }).timeout(self.command_bound()).await.map_err(mailbox)?
+    }
+
+    pub async fn watcher_agent_stop(&self, action: WatcherAgentStopAction) -> Result<WatcherCommandActionResult, Problem> {
+        let agent = self.agent(&action.agent_id).await?;
+        agent
+            .send(WatcherAgentStop { force: action.force, requester: action.requester })
+            .timeout(self.command_bound())
+            .await
+            .map_err(mailbox)?
+    }
+
+    pub async fn watcher_agent_restart(&self, action: WatcherAgentRestartAction) -> Result<WatcherCommandActionResult, Problem> {
+        let agent = self.agent(&action.agent_id).await?;
+        agent.send(WatcherAgentRestart { requester: action.requester }).timeout(self.command_bound()).await.map_err(mailbox)?
+    }
+
+    /// Every agent in the database with the supervision state its actor holds (no watcher round trips).
+    pub async fn list_agents(&self, scaling_group: Option<&str>) -> Result<Vec<AgentListing>, Problem> {
+        let rows = queries::list_agents(&mut *self.db.conn().await?, scaling_group).await?;
+        let actors = self.registry.send(ListAgentActors).await.map_err(mailbox)?;
+        let actors: std::collections::HashMap<_, _> = actors.into_iter().collect();
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let snapshot = match AgentId::parse(&row.id).ok().and_then(|id| actors.get(&id).cloned()) {
+                Some(addr) => addr.send(GetSnapshot).await.ok(),
+                None => None,
+            };
+            out.push(AgentListing { row, supervision: snapshot });
+        }
+        Ok(out)
+    }
+
+    /// The audit trail of one agent, newest first.
+    pub async fn agent_events(&self, agent_id: &AgentId, limit: i64) -> Result<Vec<AgentEventRow>, Problem> {
+        let mut conn = self.db.conn().await?;
+        if queries::find_agent(&mut conn, agent_id.as_str()).await?.is_none() {
+            return Err(Problem::new(ErrorCode::AgentNotFound, format!("agent {agent_id} does not exist")).for_agent(agent_id.as_str()));
+        }
+        Ok(queries::list_events(&mut conn, agent_id.as_str(), limit).await?)
+    }
+}

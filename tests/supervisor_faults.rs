@@ -1,0 +1,250 @@
+//! The actors without HTTP, a watcher that speaks exactly like Backend.AI's, and dependency failures
+//! (etcd and PostgreSQL going away and coming back).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use agent_supervisor::{
+    actors::{GetAgent, GetWatcherStatus, WatcherAgentRestart, WatcherAgentStart, WatcherAgentStop},
+    domain::AgentId,
+    error::ErrorCode,
+};
+use common::{
+    procs::PrivateEtcd,
+    supervisor::{TOKEN, TestApp},
+    watcher::WatcherProcess,
+};
+use serde_json::json;
+
+fn id(s: &str) -> AgentId {
+    AgentId::parse(s).unwrap()
+}
+
+/// A service whose SIGTERM handling takes `secs`, logging its lifecycle with timestamps.
+fn slow_service(log: &std::path::Path, secs: &str) -> Vec<String> {
+    let l = log.display();
+    vec![
+        "sh".into(),
+        "-c".into(),
+        format!(r#"echo "start $$" >> {l}; trap 'sleep {secs}; echo "stop $$" >> {l}; exit 0' TERM; while :; do sleep 0.05; done"#),
+    ]
+}
+
+async fn watched(app: &TestApp, agent: &str, cmd: &[String], extra: &[&str]) -> WatcherProcess {
+    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    let w = WatcherProcess::process_backend(TOKEN, &cmd, extra);
+    app.add_agent(agent).await;
+    app.register_watcher(agent, w.port()).await;
+    w
+}
+
+#[actix_rt::test]
+async fn actor_runs_commands_one_at_a_time_in_arrival_order() {
+    let app = TestApp::spawn_with(|c| c.watcher.queue_capacity = 8).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("service.log");
+    let _w = watched(&app, "i-order", &slow_service(&log, "0.2"), &["--no-autostart"]).await;
+    let actor = app.running.supervisor.registry().send(GetAgent { agent_id: id("i-order") }).await.unwrap().unwrap();
+
+    // start, stop, start, stop, start: valid only if executed in this exact order, one at a time.
+    let mut pending = Vec::new();
+    for i in 0..5 {
+        let a = actor.clone();
+        pending.push(actix_rt::spawn(async move {
+            if i % 2 == 0 {
+                a.send(WatcherAgentStart { requester: format!("t{i}") }).await.unwrap()
+            } else {
+                a.send(WatcherAgentStop { force: false, requester: format!("t{i}") }).await.unwrap()
+            }
+        }));
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+    for p in pending {
+        let r = p.await.unwrap();
+        assert!(r.is_ok(), "{:?}", r.err());
+    }
+    let lines: Vec<String> = std::fs::read_to_string(&log).unwrap().lines().map(|l| l.split(' ').next().unwrap().to_owned()).collect();
+    assert_eq!(lines, ["start", "stop", "start", "stop", "start"], "the watcher saw the commands in order");
+}
+
+#[actix_rt::test]
+async fn status_is_answered_during_a_slow_command_and_agents_run_in_parallel() {
+    let app = TestApp::spawn_with(|c| c.watcher.command_timeout_ms = 10_000).await;
+    let d = tempfile::tempdir().unwrap();
+    let _a = watched(&app, "i-pa", &slow_service(&d.path().join("a.log"), "1.5"), &[]).await;
+    let _b = watched(&app, "i-pb", &slow_service(&d.path().join("b.log"), "1.5"), &[]).await;
+    let reg = app.running.supervisor.registry().clone();
+    let a = reg.send(GetAgent { agent_id: id("i-pa") }).await.unwrap().unwrap();
+    let b = reg.send(GetAgent { agent_id: id("i-pb") }).await.unwrap().unwrap();
+
+    let started = Instant::now();
+    let ra = actix_rt::spawn({
+        let a = a.clone();
+        async move { a.send(WatcherAgentRestart { requester: "t".into() }).await.unwrap() }
+    });
+    let rb = actix_rt::spawn(async move { b.send(WatcherAgentRestart { requester: "t".into() }).await.unwrap() });
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+
+    // The restart of i-pa is in flight; its status is answered anyway, within the status budget.
+    let status_started = Instant::now();
+    let status = a.send(GetWatcherStatus).await.unwrap().unwrap();
+    assert!(status_started.elapsed() < Duration::from_secs(1), "status waited {:?}", status_started.elapsed());
+    assert!(status.data["agent-status"].is_string());
+
+    assert!(ra.await.unwrap().is_ok());
+    assert!(rb.await.unwrap().is_ok());
+    // Each restart takes at least 1.5 s; run one after the other they would need 3 s.
+    assert!(started.elapsed() < Duration::from_millis(2_900), "restarts of two agents did not overlap: {:?}", started.elapsed());
+}
+
+#[actix_rt::test]
+async fn full_queue_is_agent_busy_and_force_and_prechecks_apply() {
+    let app = TestApp::spawn_with(|c| {
+        c.watcher.queue_capacity = 2;
+        c.watcher.command_timeout_ms = 10_000;
+    })
+    .await;
+    let d = tempfile::tempdir().unwrap();
+    let _w = watched(&app, "i-busy", &slow_service(&d.path().join("s.log"), "1"), &[]).await;
+    let actor = app.running.supervisor.registry().send(GetAgent { agent_id: id("i-busy") }).await.unwrap().unwrap();
+
+    let mut running = Vec::new();
+    for _ in 0..3 {
+        let a = actor.clone();
+        running.push(actix_rt::spawn(async move { a.send(WatcherAgentRestart { requester: "t".into() }).await.unwrap() }));
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    // One in flight, two waiting: the queue (capacity 2) is full.
+    let refused = actor.send(WatcherAgentRestart { requester: "t".into() }).await.unwrap().unwrap_err();
+    assert_eq!(refused.code, ErrorCode::AgentBusy);
+    assert_eq!(refused.status(), 429);
+    for r in running {
+        assert!(r.await.unwrap().is_ok());
+    }
+
+    app.add_running_kernels("i-busy", 1).await;
+    let e = actor.send(WatcherAgentStop { force: false, requester: "t".into() }).await.unwrap().unwrap_err();
+    assert_eq!(e.code, ErrorCode::AgentHasRunningKernels);
+    assert!(actor.send(WatcherAgentStop { force: true, requester: "t".into() }).await.unwrap().is_ok());
+    let e = actor.send(WatcherAgentStop { force: true, requester: "t".into() }).await.unwrap().unwrap_err();
+    assert_eq!(e.code, ErrorCode::AgentAlreadyStopped);
+    assert!(actor.send(WatcherAgentStart { requester: "t".into() }).await.unwrap().is_ok());
+    let e = actor.send(WatcherAgentStart { requester: "t".into() }).await.unwrap().unwrap_err();
+    assert_eq!(e.code, ErrorCode::AgentAlreadyRunning);
+}
+
+/// Answers exactly like Backend.AI's watcher (23.09): 403 `403: Forbidden` for a bad token, and 200
+/// `{"result": "ok"}` for every command whatever the state.
+async fn backend_ai_watcher(token: &'static str, agent_status: &'static str) -> (u16, actix_web::dev::ServerHandle) {
+    async fn handle(req: HttpRequest, data: web::Data<(&'static str, &'static str)>) -> HttpResponse {
+        let (token, status) = **data;
+        let ok = req.headers().get("X-BackendAI-Watcher-Token").and_then(|v| v.to_str().ok()) == Some(token);
+        if !ok {
+            return HttpResponse::Forbidden().insert_header(("Server", "BackendAI-AgentWatcher")).content_type("text/plain; charset=utf-8").body("403: Forbidden");
+        }
+        let body = if req.path() == "/" { json!({"agent-status": status, "watcher-status": "active"}) } else { json!({"result": "ok"}) };
+        HttpResponse::Ok().insert_header(("Server", "BackendAI-AgentWatcher")).json(body)
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = HttpServer::new(move || App::new().app_data(web::Data::new((token, agent_status))).default_service(web::to(handle)))
+        .workers(1)
+        .listen(listener)
+        .unwrap()
+        .run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    (port, handle)
+}
+
+#[actix_rt::test]
+async fn works_with_a_backend_ai_style_watcher() {
+    let app = TestApp::spawn().await;
+    let (port, _h) = backend_ai_watcher(TOKEN, "active").await;
+    app.add_agent("i-bai").await;
+    app.register_watcher("i-bai", port).await;
+    let (status, body) = app.get("/resource/watcher?agent_id=i-bai").await;
+    assert_eq!((status, body), (200, json!({"agent-status": "active", "watcher-status": "active"})));
+    // Backend.AI's watcher would answer 200 to a start of a running agent; our pre-check answers 409.
+    let (status, body) = app.post("/resource/watcher/agent/start", Some(json!({"agent_id": "i-bai"}))).await;
+    assert_eq!((status, body["error_code"].as_str()), (409, Some("agent_already_running")));
+    let (status, body) = app.post("/resource/watcher/agent/restart", Some(json!({"agent_id": "i-bai"}))).await;
+    assert_eq!((status, body), (200, json!({"result": "ok"})));
+
+    let (port, _h2) = backend_ai_watcher("someone-else", "inactive").await;
+    app.add_agent("i-bai-tok").await;
+    app.register_watcher("i-bai-tok", port).await;
+    let (status, body) = app.get("/resource/watcher?agent_id=i-bai-tok").await;
+    assert_eq!(status, 403, "Backend.AI's 403 is passed through");
+    assert_eq!(body["error_code"], "watcher_auth_failed");
+    assert!(body["detail"].as_str().unwrap().contains("403: Forbidden"));
+}
+
+#[actix_rt::test]
+async fn etcd_stopped_is_503_and_the_daemon_recovers_when_it_returns() {
+    let mut etcd = PrivateEtcd::start();
+    let endpoint = etcd.endpoint();
+    let app = TestApp::spawn_with(|c| {
+        c.etcd.endpoints = vec![endpoint.clone()];
+        c.etcd.timeout_ms = 500;
+    })
+    .await;
+    let d = tempfile::tempdir().unwrap();
+    let _w = watched(&app, "i-etcd", &slow_service(&d.path().join("s.log"), "0"), &[]).await;
+    assert_eq!(app.get("/resource/watcher?agent_id=i-etcd").await.0, 200);
+
+    etcd.stop();
+    assert!(common::eventually(Duration::from_secs(5), || async { !app.running.directory.is_synced() }).await);
+    let started = Instant::now();
+    let (status, body) = app.get("/resource/watcher?agent_id=i-etcd").await;
+    assert_eq!((status, body["error_code"].as_str()), (503, Some("etcd_unavailable")), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(app.get("/healthz").await.0, 200, "the daemon keeps running");
+
+    etcd.restart();
+    assert!(common::eventually(Duration::from_secs(15), || async { app.get("/resource/watcher?agent_id=i-etcd").await.0 == 200 }).await, "did not recover");
+}
+
+#[actix_rt::test]
+async fn database_cut_is_503_for_what_needs_it_and_recovers() {
+    let proxy = common::procs::TcpProxy::start(&common::admin_url());
+    let db = common::TestDb::new().await;
+    let proxied = proxy.rewrite(&db.url);
+    let app = TestApp::spawn_with(|c| {
+        c.database.url = agent_supervisor::config::Secret::new(proxied.clone());
+        c.database.connect_timeout_ms = 500;
+    })
+    .await;
+    // The agent lives in the database behind the proxy.
+    let mut conn = db.db.conn().await.unwrap();
+    use diesel_async::RunQueryDsl;
+    diesel::sql_query("INSERT INTO scaling_groups (name) VALUES ('default')").execute(&mut conn).await.unwrap();
+    diesel::sql_query("INSERT INTO agents (id, region, addr, version, architecture) VALUES ('i-db', 'r', 'tcp://127.0.0.1:1', 'v', 'x86_64'), ('i-db2', 'r', 'tcp://127.0.0.1:1', 'v', 'x86_64')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let cmd = slow_service(&d.path().join("s.log"), "0");
+    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    let w = WatcherProcess::process_backend(TOKEN, &cmd, &[]);
+    app.register_watcher("i-db", w.port()).await;
+    app.register_watcher("i-db2", w.port()).await;
+    assert_eq!(app.get("/resource/watcher?agent_id=i-db").await.0, 200);
+
+    proxy.cut();
+    // Status of a known agent needs no database; commands (audited) and unknown agents do.
+    assert_eq!(app.get("/resource/watcher?agent_id=i-db").await.0, 200);
+    let started = Instant::now();
+    let (status, body) = app.post("/v1/agents/i-db/restart", None).await;
+    assert_eq!((status, body["error_code"].as_str()), (503, Some("database_unavailable")), "{body}");
+    let (status, body) = app.get("/v1/agents").await;
+    assert_eq!((status, body["error_code"].as_str()), (503, Some("database_unavailable")), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    proxy.restore();
+    assert!(common::eventually(Duration::from_secs(10), || async { app.post("/v1/agents/i-db/restart", None).await.0 == 200 }).await, "did not recover");
+    assert_eq!(app.get("/v1/agents").await.0, 200);
+}
