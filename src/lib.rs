@@ -8,3 +8,4 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod etcd;
+pub mod watcher;
