@@ -1,6 +1,5 @@
-//! `agent-watcher`: the node-side watcher (built in its own module; see `watcher::server`).
+//! `agent-watcher`: the node-side watcher (see `watcher::server`).
 
-fn main() {
-    eprintln!("agent-watcher: not built yet");
-    std::process::exit(2);
+fn main() -> std::process::ExitCode {
+    agent_supervisor::cli::watcher::main()
 }

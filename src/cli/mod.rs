@@ -1,3 +1,4 @@
 //! Command-line front ends of the three binaries; the mains in `src/bin/` only call into here.
 
 pub mod supervisor;
+pub mod watcher;

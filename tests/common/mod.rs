@@ -4,6 +4,7 @@
 
 pub mod procs;
 pub mod supervisor;
+pub mod watcher;
 
 use std::{collections::hash_map::DefaultHasher, hash::Hasher, path::Path, time::Duration};
 

@@ -1,0 +1,186 @@
+//! `agent-watcher`: command line of the node-side watcher.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+use crate::{
+    config::{EtcdConfig, Secret},
+    watcher::server::{
+        self, BackendOptions, ProcessConfigTemplate, ServerOptions, TokenSource,
+        backend::SystemdConfig, registration::Registration,
+    },
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// Control a systemd unit with `systemctl`.
+    Systemd,
+    /// Spawn and supervise the command given after `--`.
+    Process,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "agent-watcher",
+    version,
+    about = "Node-side watcher: reports and controls the agent service (wire-compatible with Backend.AI's watcher)",
+    after_help = "Examples:\n  agent-watcher --backend systemd --unit backendai-agent.service --token-file /etc/agent-watcher/token\n  \
+                  agent-watcher --backend process --listen 127.0.0.1:6009 --token s3cret -- /usr/bin/my-agent --flag"
+)]
+pub struct Cli {
+    /// Address and port to serve on.
+    #[arg(long, env = "AGENT_WATCHER_LISTEN", default_value = "0.0.0.0:6009")]
+    pub listen: String,
+    /// Token clients must send in X-BackendAI-Watcher-Token. Prefer --token-file or the environment (command lines
+    /// are visible to every user). Without --token/--token-file the token is read from etcd
+    /// (config/watcher/token) when --etcd is given; otherwise the well-known "insecure" token is accepted.
+    #[arg(long, env = "AGENT_WATCHER_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+    pub token: Option<String>,
+    /// File holding the token (surrounding whitespace ignored).
+    #[arg(long, env = "AGENT_WATCHER_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// How the agent is controlled.
+    #[arg(long, value_enum, default_value_t = BackendKind::Systemd)]
+    pub backend: BackendKind,
+    /// systemd back-end: the unit to control.
+    #[arg(long, default_value = "backendai-agent.service")]
+    pub unit: String,
+    /// systemd back-end: run `sudo -n systemctl` instead of `systemctl`.
+    #[arg(long)]
+    pub sudo: bool,
+    /// systemd back-end: how long an `is-active` answer is reused for GET / (commands invalidate it).
+    #[arg(long, default_value_t = 500)]
+    pub status_cache_ms: u64,
+    /// systemd back-end: bound on one systemctl invocation.
+    #[arg(long, default_value_t = 60_000)]
+    pub systemctl_timeout_ms: u64,
+    /// A start (or restart) succeeds only if the agent is still up after this long.
+    #[arg(long, default_value_t = 1_000)]
+    pub start_grace_ms: u64,
+    /// process back-end: time between SIGTERM and SIGKILL when stopping.
+    #[arg(long, default_value_t = 10_000)]
+    pub stop_timeout_ms: u64,
+    /// process back-end: file the agent's stdout and stderr are appended to
+    /// [default: $STATE_DIRECTORY or the temp directory, agent-watcher-PORT-agent.log].
+    #[arg(long)]
+    pub log_file: Option<PathBuf>,
+    /// process back-end: do not start the agent when the watcher starts.
+    #[arg(long)]
+    pub no_autostart: bool,
+    /// Serve POST /soft-reset (systemd: `systemctl reload`; process: SIGHUP to the agent).
+    #[arg(long)]
+    pub soft_reset: bool,
+    /// How long a command waits for the one before it before answering 429 agent_busy.
+    #[arg(long, default_value_t = 20_000)]
+    pub command_wait_ms: u64,
+    /// HTTP worker threads.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// etcd endpoint (repeatable); enables reading the token from etcd and, with --agent-id, registration.
+    #[arg(long = "etcd", env = "AGENT_WATCHER_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// etcd namespace: keys live under /sorna/NAMESPACE/.
+    #[arg(long, env = "AGENT_WATCHER_NAMESPACE", default_value = "local")]
+    pub namespace: String,
+    /// Bound on every etcd request.
+    #[arg(long, default_value_t = 2_000)]
+    pub etcd_timeout_ms: u64,
+    /// Register nodes/agents/ID/watcher_port in etcd (needs --etcd).
+    #[arg(long, requires = "etcd")]
+    pub agent_id: Option<String>,
+    /// Also register nodes/agents/ID/ip with this address (needs --agent-id).
+    #[arg(long, requires = "agent_id")]
+    pub advertise_ip: Option<String>,
+    /// Log as JSON lines instead of human-readable text (the filter is read from RUST_LOG, default info).
+    #[arg(long)]
+    pub log_json: bool,
+    /// process back-end: the agent command and its arguments.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+impl Cli {
+    /// Checks what clap cannot and turns the flags into server options.
+    pub fn into_options(self) -> Result<ServerOptions, String> {
+        let ms = Duration::from_millis;
+        let backend = match self.backend {
+            BackendKind::Systemd => {
+                if !self.command.is_empty() {
+                    return Err("a command after `--` is only used with --backend process".into());
+                }
+                BackendOptions::Systemd(SystemdConfig {
+                    unit: self.unit,
+                    sudo: self.sudo,
+                    start_grace: ms(self.start_grace_ms),
+                    status_cache: ms(self.status_cache_ms),
+                    systemctl_timeout: ms(self.systemctl_timeout_ms),
+                })
+            }
+            BackendKind::Process => {
+                if self.command.is_empty() {
+                    return Err("--backend process needs the agent command after `--`".into());
+                }
+                BackendOptions::Process {
+                    cfg: ProcessConfigTemplate {
+                        command: self.command,
+                        start_grace: ms(self.start_grace_ms),
+                        stop_timeout: ms(self.stop_timeout_ms),
+                        log_file: self.log_file,
+                    },
+                    autostart: !self.no_autostart,
+                }
+            }
+        };
+        let token = match (self.token, self.token_file) {
+            (Some(t), _) => TokenSource::Given(Secret::new(t)),
+            (None, Some(path)) => TokenSource::File(path),
+            (None, None) => TokenSource::Default,
+        };
+        let etcd = (!self.etcd.is_empty()).then(|| EtcdConfig {
+            endpoints: self.etcd,
+            namespace: self.namespace,
+            timeout_ms: self.etcd_timeout_ms,
+            ..EtcdConfig::default()
+        });
+        let registration =
+            self.agent_id.map(|agent_id| Registration { agent_id, advertise_ip: self.advertise_ip });
+        Ok(ServerOptions {
+            listen: self.listen,
+            token,
+            backend,
+            soft_reset: self.soft_reset,
+            command_wait: ms(self.command_wait_ms),
+            workers: self.workers,
+            etcd,
+            registration,
+        })
+    }
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if json { builder.json().init() } else { builder.init() }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    let opts = match cli.into_options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("agent-watcher: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match actix_web::rt::System::new().block_on(server::serve(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "agent-watcher failed");
+            ExitCode::FAILURE
+        }
+    }
+}

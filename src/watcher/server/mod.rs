@@ -1,0 +1,209 @@
+//! `agent-watcher`: the node-side watcher server.
+//!
+//! [`app`] is the HTTP surface (Backend.AI's routes), [`auth`] the token check, [`commands`] the serialisation of
+//! state-changing commands, [`backend`] the two ways of controlling the agent (systemd unit or own child process),
+//! [`registration`] the optional etcd side. [`serve`] wires them together and runs until SIGTERM/SIGINT.
+
+pub mod app;
+pub mod auth;
+pub mod backend;
+pub mod commands;
+pub mod registration;
+pub mod status;
+
+use std::{net::TcpListener, path::PathBuf, time::Duration};
+
+use actix_web::{HttpServer, web};
+
+use self::{
+    app::AppState,
+    auth::TokenCheck,
+    backend::{Backend, Command, ProcessBackend, ProcessConfig, SystemdBackend, SystemdConfig},
+    commands::Commander,
+    registration::Registration,
+};
+use crate::{
+    config::{EtcdConfig, Secret},
+    etcd::{Etcd, EtcdError},
+};
+
+/// Token used when none is configured anywhere, as Backend.AI's watcher and manager do.
+pub const INSECURE_TOKEN: &str = "insecure";
+/// How long actix gives open connections to finish on shutdown.
+const HTTP_SHUTDOWN_SECS: u64 = 5;
+
+/// Where the watcher token comes from.
+#[derive(Debug, Clone)]
+pub enum TokenSource {
+    Given(Secret),
+    File(PathBuf),
+    /// etcd `config/watcher/token` when etcd is configured, else `insecure`.
+    Default,
+}
+
+#[derive(Debug, Clone)]
+pub enum BackendOptions {
+    Systemd(SystemdConfig),
+    /// `log_file: None` picks a file under `$STATE_DIRECTORY` or the temporary directory.
+    Process { cfg: ProcessConfigTemplate, autostart: bool },
+}
+
+/// [`ProcessConfig`] before the log file is known.
+#[derive(Debug, Clone)]
+pub struct ProcessConfigTemplate {
+    pub command: Vec<String>,
+    pub start_grace: Duration,
+    pub stop_timeout: Duration,
+    pub log_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub listen: String,
+    pub token: TokenSource,
+    pub backend: BackendOptions,
+    pub soft_reset: bool,
+    /// Bound on waiting for a running command before answering `429 agent_busy`.
+    pub command_wait: Duration,
+    pub workers: usize,
+    pub etcd: Option<EtcdConfig>,
+    pub registration: Option<Registration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("watcher token: {0}")]
+    Token(String),
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    #[error("HTTP server: {0}")]
+    Http(std::io::Error),
+}
+
+/// Runs the watcher until SIGTERM or SIGINT; then stops the agent child (process back-end) and returns.
+/// Must run inside an actix system.
+pub async fn serve(opts: ServerOptions) -> Result<(), ServeError> {
+    let etcd = match &opts.etcd {
+        Some(cfg) => Some(Etcd::connect(cfg).await?),
+        None => None,
+    };
+    let token = resolve_token(&opts.token, etcd.as_ref()).await?;
+
+    let listener =
+        TcpListener::bind(&opts.listen).map_err(|source| ServeError::Bind { addr: opts.listen.clone(), source })?;
+    let local = listener.local_addr().map_err(|source| ServeError::Bind { addr: opts.listen.clone(), source })?;
+
+    let (backend, autostart) = match opts.backend.clone() {
+        BackendOptions::Systemd(cfg) => (Backend::Systemd(SystemdBackend::new(cfg)), false),
+        BackendOptions::Process { cfg, autostart } => {
+            let log_file = cfg.log_file.unwrap_or_else(|| default_log_file(local.port()));
+            let cfg = ProcessConfig {
+                command: cfg.command,
+                start_grace: cfg.start_grace,
+                stop_timeout: cfg.stop_timeout,
+                log_file,
+            };
+            let b = ProcessBackend::new(cfg);
+            tracing::info!(log_file = %b.log_file().display(), "agent output goes to the log file");
+            (Backend::Process(b), autostart)
+        }
+    };
+    let state = web::Data::new(AppState {
+        commander: Commander::new(backend, opts.command_wait),
+        token: TokenCheck::new(&token),
+        soft_reset: opts.soft_reset,
+    });
+    drop(token);
+
+    let factory_state = state.clone();
+    let server = HttpServer::new(move || app::app(factory_state.clone()))
+        .workers(opts.workers.max(1))
+        .disable_signals()
+        .shutdown_timeout(HTTP_SHUTDOWN_SECS)
+        .listen(listener)
+        .map_err(ServeError::Http)?
+        .run();
+    let handle = server.handle();
+    let mut server_task = actix_web::rt::spawn(server);
+    tracing::info!(listen = %local, backend = state.commander.backend().name(), "agent-watcher serving");
+
+    if let (Some(etcd), Some(reg)) = (etcd, opts.registration.clone()) {
+        actix_web::rt::spawn(registration::register_until_done(etcd, reg, local.port()));
+    }
+    if autostart {
+        let state = state.clone();
+        actix_web::rt::spawn(async move {
+            if let Err(p) = state.commander.run(Command::Start).await {
+                tracing::error!(error = %p, "the agent did not start at watcher start-up");
+            }
+        });
+    }
+
+    let outcome = tokio::select! {
+        signal = shutdown_signal() => {
+            tracing::info!(signal, "shutting down");
+            Ok(())
+        }
+        ended = &mut server_task => {
+            tracing::error!("the HTTP server stopped on its own");
+            match ended {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(ServeError::Http(e)),
+                Err(e) => Err(ServeError::Http(std::io::Error::other(e.to_string()))),
+            }
+        }
+    };
+    // The agent is stopped first: status stays answerable meanwhile. A running command gets a bounded head start.
+    state.commander.shutdown(opts.command_wait).await;
+    handle.stop(true).await;
+    outcome
+}
+
+async fn resolve_token(source: &TokenSource, etcd: Option<&Etcd>) -> Result<String, ServeError> {
+    let token = match source {
+        TokenSource::Given(t) => t.expose().to_owned(),
+        TokenSource::File(path) => std::fs::read_to_string(path)
+            .map_err(|e| ServeError::Token(format!("cannot read {}: {e}", path.display())))?
+            .trim()
+            .to_owned(),
+        TokenSource::Default => {
+            let from_etcd = match etcd {
+                Some(etcd) => registration::read_token(etcd).await?,
+                None => None,
+            };
+            match from_etcd {
+                Some(t) => t,
+                None => {
+                    tracing::warn!(
+                        "NO WATCHER TOKEN CONFIGURED: accepting the well-known token \"{INSECURE_TOKEN}\"; anyone who can \
+                         reach this port can stop the agent. Set --token-file or etcd config/watcher/token."
+                    );
+                    INSECURE_TOKEN.to_owned()
+                }
+            }
+        }
+    };
+    if token.is_empty() {
+        return Err(ServeError::Token("the configured token is empty".into()));
+    }
+    Ok(token)
+}
+
+fn default_log_file(port: u16) -> PathBuf {
+    let dir = std::env::var_os("STATE_DIRECTORY").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    dir.join(format!("agent-watcher-{port}-agent.log"))
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop the watcher with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
