@@ -34,6 +34,22 @@ pub struct Running {
     pub directory: WatcherDirectory,
 }
 
+/// Handles to a started daemon once its server future has been handed to the runtime.
+#[derive(Clone)]
+pub struct Handles {
+    pub addr: std::net::SocketAddr,
+    pub supervisor: Supervisor,
+    pub directory: WatcherDirectory,
+    pub server: actix_web::dev::ServerHandle,
+}
+
+impl Running {
+    pub fn split(self) -> (Server, Handles) {
+        let handles = Handles { addr: self.addr, supervisor: self.supervisor, directory: self.directory, server: self.server.handle() };
+        (self.server, handles)
+    }
+}
+
 /// Starts everything on the current actix system. The listener decides the address (tests pass port 0).
 pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, StartError> {
     let db = Db::new(&config.database)?;

@@ -36,6 +36,9 @@ fn slow_service(log: &std::path::Path, secs: &str) -> Vec<String> {
 async fn watched(app: &TestApp, agent: &str, cmd: &[String], extra: &[&str]) -> WatcherProcess {
     let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
     let w = WatcherProcess::process_backend(TOKEN, &cmd, extra);
+    if !extra.contains(&"--no-autostart") {
+        assert!(w.wait_for_status("active", Duration::from_secs(5)), "the service did not come up");
+    }
     app.add_agent(agent).await;
     app.register_watcher(agent, w.port()).await;
     w
@@ -230,6 +233,7 @@ async fn database_cut_is_503_for_what_needs_it_and_recovers() {
     let cmd = slow_service(&d.path().join("s.log"), "0");
     let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
     let w = WatcherProcess::process_backend(TOKEN, &cmd, &[]);
+    assert!(w.wait_for_status("active", Duration::from_secs(5)));
     app.register_watcher("i-db", w.port()).await;
     app.register_watcher("i-db2", w.port()).await;
     assert_eq!(app.get("/resource/watcher?agent_id=i-db").await.0, 200);

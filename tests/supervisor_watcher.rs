@@ -28,6 +28,9 @@ async fn agent_with_watcher(app: &TestApp, id: &str, extra: &[&str]) -> (Watcher
     let cmd = service_cmd(&dir.path().join("service.log"));
     let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
     let watcher = WatcherProcess::process_backend(TOKEN, &cmd, extra);
+    if !extra.contains(&"--no-autostart") {
+        assert!(watcher.wait_for_status("active", Duration::from_secs(5)), "the service did not come up");
+    }
     app.add_agent(id).await;
     app.register_watcher(id, watcher.port()).await;
     (watcher, dir)
@@ -90,6 +93,7 @@ async fn s2_2_silent_watcher_times_out_and_the_next_call_works() {
     let cmd = service_cmd(&dir.path().join("service.log"));
     let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
     let watcher = WatcherProcess::process_backend(TOKEN, &cmd, &[]);
+    assert!(watcher.wait_for_status("active", Duration::from_secs(5)));
     app.register_watcher("i-silent", watcher.port()).await;
     let (status, body) = app.get("/resource/watcher?agent_id=i-silent").await;
     assert_eq!((status, body["agent-status"].as_str()), (200, Some("active")), "{body}");
@@ -134,7 +138,7 @@ async fn s3_start_a_stopped_agent_then_409_when_running_without_calling_start() 
 async fn s3_3_start_failure_carries_the_reason_the_watcher_saw() {
     let app = TestApp::spawn().await;
     let failing = ["sh", "-c", "echo 'cannot allocate GPU memory: out of resources' >&2; exit 3"];
-    let watcher = WatcherProcess::process_backend(TOKEN, &failing, &["--no-autostart", "--start-grace-ms", "300"]);
+    let watcher = WatcherProcess::process_backend(TOKEN, &failing, &["--no-autostart"]);
     app.add_agent("i-fail").await;
     app.register_watcher("i-fail", watcher.port()).await;
 
@@ -197,6 +201,7 @@ async fn s5_3_restart_slower_than_the_command_timeout_is_504_and_the_next_comman
     let log = dir.path().join("service.log");
     let slow = format!(r#"echo "start $$" >> {l}; trap 'sleep 3; echo "stop $$" >> {l}; exit 0' TERM; while :; do sleep 0.05; done"#, l = log.display());
     let watcher = WatcherProcess::process_backend(TOKEN, &["sh", "-c", &slow], &[]);
+    assert!(watcher.wait_for_status("active", Duration::from_secs(5)));
     app.add_agent("i-slow").await;
     app.register_watcher("i-slow", watcher.port()).await;
 

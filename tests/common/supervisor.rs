@@ -4,7 +4,7 @@
 use std::{net::TcpListener, time::Duration};
 
 use agent_supervisor::{
-    app::{self, Running},
+    app::{self, Handles},
     config::{Config, Secret},
 };
 use diesel_async::RunQueryDsl;
@@ -18,7 +18,7 @@ pub struct TestApp {
     pub url: String,
     pub db: TestDb,
     pub etcd: TestEtcd,
-    pub running: Running,
+    pub running: Handles,
     pub config: Config,
 }
 
@@ -48,9 +48,9 @@ impl TestApp {
         let mut config = test_config(&db, &etcd);
         tweak(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let running = app::start(&config, listener).await.unwrap();
+        let (server, running) = app::start(&config, listener).await.unwrap().split();
         let url = format!("http://{}", running.addr);
-        actix_rt::spawn(running.server.clone());
+        actix_rt::spawn(server);
         Self { url, db, etcd, running, config }
     }
 
@@ -83,7 +83,10 @@ impl TestApp {
     }
 
     pub async fn register_watcher(&self, agent: &str, port: u16) {
-        self.etcd.register(agent, "127.0.0.1", Some(port)).await;
+        // Written where the daemon reads: its configured etcd and namespace.
+        let etcd = agent_supervisor::etcd::Etcd::connect(&self.config.etcd).await.unwrap();
+        etcd.put(&format!("nodes/agents/{agent}/ip"), "127.0.0.1").await.unwrap();
+        etcd.put(&format!("nodes/agents/{agent}/watcher_port"), &port.to_string()).await.unwrap();
         // The directory follows etcd through a watch; wait until it has the address.
         let id = agent_supervisor::domain::AgentId::parse(agent).unwrap();
         let dir = self.running.directory.clone();

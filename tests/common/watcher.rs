@@ -92,7 +92,7 @@ impl WatcherProcess {
         Self::spawn_in(tempfile::tempdir().unwrap(), token, args, env)
     }
 
-    fn spawn_in(dir: tempfile::TempDir, token: &str, args: &[String], env: &[(String, String)]) -> Self {
+    fn spawn_in(mut dir: tempfile::TempDir, token: &str, args: &[String], env: &[(String, String)]) -> Self {
         for _attempt in 0..3 {
             let port = free_port();
             let log = std::fs::File::create(dir.path().join("watcher.log")).unwrap();
