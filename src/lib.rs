@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: HTTP → [`api`] → [`service`] → [`actors`] → (watcher | [`db`] | [`etcd`] | [`agent_rpc`]).
 
+pub mod agent_rpc;
 pub mod cli;
 pub mod config;
 pub mod db;
