@@ -25,6 +25,8 @@ use crate::config::AgentRpcConfig;
 
 /// Upper bound on the PING/PONG check when a connection is (re)opened; the configured timeout applies if shorter.
 pub const CONNECT_BOUND: Duration = Duration::from_secs(5);
+/// A connection silent for longer than this is checked with a PING before the next call is sent on it.
+const LIVENESS_WINDOW: Duration = Duration::from_secs(1);
 /// A worker with no call for this long closes its socket and ends its thread.
 const IDLE_CLOSE: Duration = Duration::from_secs(300);
 /// The Python manager's keepalive options for agent connections (`rpc_keepalive_timeout` 60 s).
@@ -211,6 +213,8 @@ impl AgentRpc {
             next_seq: 0,
             pending: HashMap::new(),
             last_activity: Instant::now(),
+            last_heard: Instant::now(),
+            probes: 0,
             table: Arc::downgrade(&self.inner.conns),
             key: key.clone(),
             id,
@@ -257,6 +261,9 @@ struct Worker {
     next_seq: u32,
     pending: HashMap<u32, Pending>,
     last_activity: Instant,
+    /// When the agent last sent us anything.
+    last_heard: Instant,
+    probes: u64,
     table: Weak<Mutex<HashMap<ConnKey, Connection>>>,
     key: ConnKey,
     id: u64,
@@ -347,18 +354,25 @@ impl Worker {
         if job.reply.is_closed() {
             return;
         }
-        if self.socket.is_none() {
-            match self.open() {
-                Ok(socket) => self.socket = Some(socket),
-                Err(e) => {
-                    tracing::debug!(addr = %self.endpoint, error = %e, "agent RPC connection failed");
-                    let _ = job.reply.send(Err(e.clone()));
-                    // Calls queued while we waited would only wait again for the same dead agent.
-                    while let Ok(queued) = self.jobs.try_recv() {
-                        let _ = queued.reply.send(Err(e.clone()));
-                    }
-                    return;
+        let checked = match self.socket.take() {
+            None => self.open(),
+            // An idle connection may point at an agent that has gone away since; ZeroMQ would queue the call and
+            // reconnect silently, so check it first rather than wait out the whole call timeout.
+            Some(socket) if self.pending.is_empty() && self.last_heard.elapsed() > LIVENESS_WINDOW => {
+                self.probe(&socket).map(|()| socket)
+            }
+            Some(socket) => Ok(socket),
+        };
+        match checked {
+            Ok(socket) => self.socket = Some(socket),
+            Err(e) => {
+                tracing::debug!(addr = %self.endpoint, error = %e, "agent RPC connection failed");
+                let _ = job.reply.send(Err(e.clone()));
+                // Calls queued while we waited would only wait again for the same dead agent.
+                while let Ok(queued) = self.jobs.try_recv() {
+                    let _ = queued.reply.send(Err(e.clone()));
                 }
+                return;
             }
         }
         let seq = self.allocate_seq();
@@ -397,7 +411,7 @@ impl Worker {
     }
 
     /// A new DEALER, connected and answered a PING within the connect bound.
-    fn open(&self) -> Result<zmq::Socket, RpcError> {
+    fn open(&mut self) -> Result<zmq::Socket, RpcError> {
         let unavailable = |what: &str, e: zmq::Error| RpcError::Unavailable(format!("{what} {}: {e}", self.endpoint));
         let socket = self.ctx.socket(zmq::DEALER).map_err(|e| unavailable("cannot create a socket for", e))?;
         let setup = || -> Result<(), zmq::Error> {
@@ -418,9 +432,18 @@ impl Worker {
         };
         setup().map_err(|e| RpcError::Config(format!("socket options for {}: {e}", self.endpoint)))?;
         socket.connect(&self.endpoint).map_err(|e| unavailable("cannot connect to", e))?;
-        socket
-            .send_multipart([codec::PING, b"", b""], zmq::DONTWAIT)
-            .map_err(|e| unavailable("cannot send a PING to", e))?;
+        self.probe(&socket)?;
+        Ok(socket)
+    }
+
+    /// Sends a Callosum PING and waits for its PONG within the connect bound. Only called with no call in flight,
+    /// so anything else that arrives meanwhile is a late reply and is dropped.
+    fn probe(&mut self, socket: &zmq::Socket) -> Result<(), RpcError> {
+        let unavailable = |what: &str, e: zmq::Error| RpcError::Unavailable(format!("{what} {}: {e}", self.endpoint));
+        self.probes = self.probes.wrapping_add(1);
+        // Callosum echoes the two frames; a counter tells this PONG from one to an earlier, abandoned probe.
+        let token = self.probes.to_be_bytes();
+        socket.send_multipart([codec::PING, &token, b""], zmq::DONTWAIT).map_err(|e| unavailable("cannot send a PING to", e))?;
         let deadline = Instant::now() + self.connect_bound;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -437,8 +460,15 @@ impl Worker {
                 continue;
             }
             match socket.recv_multipart(zmq::DONTWAIT) {
-                Ok(frames) if frames.first().is_some_and(|f| f == codec::PONG) => return Ok(socket),
-                Ok(_) | Err(zmq::Error::EAGAIN) => {}
+                Ok(frames) => {
+                    if let [kind, echoed, _] = frames.as_slice() {
+                        if kind.as_slice() == codec::PONG && echoed.as_slice() == token.as_slice() {
+                            self.last_heard = Instant::now();
+                            return Ok(());
+                        }
+                    }
+                }
+                Err(zmq::Error::EAGAIN) => {}
                 Err(e) => return Err(unavailable("cannot receive from", e)),
             }
         }
@@ -455,6 +485,7 @@ impl Worker {
                     return;
                 }
             };
+            self.last_heard = Instant::now();
             match frames.as_slice() {
                 [kind, header, body] if kind.as_slice() == codec::PING => {
                     let _ = socket.send_multipart([codec::PONG, header.as_slice(), body.as_slice()], zmq::DONTWAIT);
