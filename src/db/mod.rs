@@ -3,6 +3,7 @@
 //! Query functions take a `&mut AsyncPgConnection` so that callers can compose them inside one transaction.
 
 pub mod models;
+pub mod recalc;
 pub mod schema;
 mod sql_types;
 
