@@ -4,6 +4,7 @@
 
 pub mod models;
 pub mod queries;
+pub mod recalc;
 pub mod schema;
 mod sql_types;
 
