@@ -6,7 +6,10 @@ use serde_json::json;
 use super::{AppState, Requester, params::agent_params};
 use crate::{
     error::Problem,
-    service::{GetWatcherStatusAction, WatcherAgentRestartAction, WatcherAgentStartAction, WatcherAgentStopAction},
+    service::{
+        GetWatcherStatusAction, RecalculateUsageAction, SyncAgentRegistryAction, WatcherAgentRestartAction,
+        WatcherAgentStartAction, WatcherAgentStopAction,
+    },
 };
 
 /// The API version the official client negotiates (it reads only `version`).
@@ -44,4 +47,17 @@ pub async fn watcher_restart(req: HttpRequest, body: web::Bytes, state: web::Dat
     let p = agent_params(&body, req.query_string(), false)?;
     let result = state.supervisor.watcher_agent_restart(WatcherAgentRestartAction { agent_id: p.agent_id, requester: who.name }).await?;
     Ok(HttpResponse::Ok().json(result.data))
+}
+
+/// `POST /session/_/sync-agent-registry` with `{"agent": id}` → `{}`.
+pub async fn sync_agent_registry(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>, who: Requester) -> Result<HttpResponse, Problem> {
+    let p = agent_params(&body, req.query_string(), false)?;
+    state.supervisor.sync_agent_registry(SyncAgentRegistryAction { agent_id: p.agent_id, requester: who.name }).await?;
+    Ok(HttpResponse::Ok().json(json!({})))
+}
+
+/// `POST /resource/recalculate-usage` → `{}`. The official client sends an empty `text/plain` body.
+pub async fn recalculate_usage(state: web::Data<AppState>, who: Requester) -> Result<HttpResponse, Problem> {
+    state.supervisor.recalculate_usage(RecalculateUsageAction { requester: who.name }).await?;
+    Ok(HttpResponse::Ok().json(json!({})))
 }
