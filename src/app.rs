@@ -14,6 +14,7 @@ use crate::{
     db::{self, Db, queries},
     etcd::{Etcd, WatcherDirectory},
     service::Supervisor,
+    telemetry::{metrics::Metrics, systemd},
 };
 
 /// Why the daemon could not start.
@@ -25,6 +26,8 @@ pub enum StartError {
     Etcd(#[from] crate::etcd::EtcdError),
     #[error("agent RPC: {0}")]
     Rpc(#[from] crate::agent_rpc::RpcError),
+    #[error("metrics: {0}")]
+    Metrics(String),
     #[error("cannot listen: {0}")]
     Listen(#[from] std::io::Error),
 }
@@ -78,39 +81,92 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
 
     let settings = ActorSettings::from(config);
     let rpc = AgentRpc::new(&config.agent_rpc)?;
-    let deps = Deps { db: db.clone(), directory: directory.clone(), rpc, settings: settings.clone() };
+    let metrics = Metrics::new().map_err(|e| StartError::Metrics(e.to_string()))?;
+    let deps = Deps { db: db.clone(), directory: directory.clone(), rpc, metrics: metrics.clone(), settings: settings.clone() };
     let registry = RegistryActor::new(deps).start();
     match registry.send(LoadAgents).await {
         Ok(Ok(n)) => tracing::info!(agents = n, "agent actors started"),
         Ok(Err(e)) => tracing::warn!(error = %e, "agents not loaded at start-up; actors are created on first use"),
         Err(e) => tracing::warn!(error = %e, "registry did not answer"),
     }
-    let supervisor = Supervisor::new(registry, db, settings);
-    let state = AppState { supervisor: supervisor.clone(), max_body_bytes: config.api.max_body_bytes };
+    let supervisor = Supervisor::new(registry, db, directory.clone(), settings);
+    let state = AppState { supervisor: supervisor.clone(), metrics, metrics_token: config.metrics.token.clone() };
 
     let addr = listener.local_addr()?;
     let max_body = config.api.max_body_bytes;
+    let api_state = state.clone();
     let server = HttpServer::new(move || {
         App::new()
-            .app_data(web::Data::new(state.clone()))
+            .app_data(web::Data::new(api_state.clone()))
             .app_data(web::PayloadConfig::new(max_body))
             .wrap(middleware::from_fn(api::trace_request))
             .configure(api::routes)
     })
-    .listen(listener)?
-    .shutdown_timeout(30)
-    .run();
+    .listen(listener)?;
+    if let Some(metrics_listen) = &config.metrics.listen {
+        // A separate address for scrapers: `/metrics` without a token, nothing else.
+        let metrics_state = state.clone();
+        let metrics_server = HttpServer::new(move || {
+            App::new()
+                .app_data(web::Data::new(metrics_state.clone()))
+                .route("/metrics", web::get().to(|s: web::Data<AppState>| async move { api::health::render(&s) }))
+                .default_service(web::to(api::problem::not_found))
+        })
+        .workers(1)
+        .disable_signals()
+        .bind(metrics_listen)?
+        .run();
+        tracing::info!(listen = %metrics_listen, "metrics served");
+        actix_rt::spawn(metrics_server);
+    }
+    let server = server.shutdown_timeout(config.api.shutdown_timeout_s).disable_signals().run();
     Ok(Running { server, addr, supervisor, directory })
 }
 
-/// `agent-supervisor serve`: runs until SIGTERM/SIGINT, then lets in-flight requests finish.
+/// `agent-supervisor serve`: runs until SIGTERM/SIGINT, then stops accepting, lets in-flight requests (and so the
+/// commands they wait for, which record their outcomes) finish within `api.shutdown_timeout_s`, and closes the pool.
+/// Tells systemd `READY=1` once serving, `WATCHDOG=1` while the actors answer, and `STOPPING=1` on the way out.
 pub fn serve(config: Config) -> Result<(), StartError> {
     actix_rt::System::new().block_on(async move {
         let listener = TcpListener::bind(&config.api.listen)?;
-        let running = start(&config, listener).await?;
-        tracing::info!(listen = %running.addr, "agent-supervisor serving");
-        running.server.await?;
+        let (server, handles) = start(&config, listener).await?.split();
+        tracing::info!(listen = %handles.addr, "agent-supervisor serving");
+        systemd::notify("READY=1");
+        if let Some(every) = systemd::watchdog_interval() {
+            let supervisor = handles.supervisor.clone();
+            actix_rt::spawn(async move {
+                loop {
+                    if supervisor.actors_alive().await {
+                        systemd::notify("WATCHDOG=1");
+                    } else {
+                        tracing::error!("actor system does not answer; withholding the watchdog ping");
+                    }
+                    actix_rt::time::sleep(every).await;
+                }
+            });
+        }
+        let stopper = handles.server.clone();
+        actix_rt::spawn(async move {
+            let signal = wait_for_stop_signal().await;
+            tracing::info!(signal, "stopping: no new requests; waiting for in-flight commands");
+            systemd::notify("STOPPING=1");
+            stopper.stop(true).await;
+        });
+        server.await?;
+        handles.supervisor.db().close();
         tracing::info!("agent-supervisor stopped");
         Ok(())
     })
+}
+
+async fn wait_for_stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
 }

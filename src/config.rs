@@ -66,7 +66,18 @@ pub struct Config {
     pub api: ApiConfig,
     pub watcher: WatcherConfig,
     pub agent_rpc: AgentRpcConfig,
+    pub metrics: MetricsConfig,
     pub log: LogConfig,
+}
+
+/// `/metrics` is off unless a separate listen address or a bearer token is configured.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` on this address (no token needed there), e.g. `127.0.0.1:9091`.
+    pub listen: Option<String>,
+    /// Serve `/metrics` on the API address to requests with `Authorization: Bearer <token>`.
+    pub token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -124,11 +135,13 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Allowed difference between a signed request's `Date` and the daemon's clock.
     pub clock_skew_s: u64,
+    /// On SIGTERM, how long in-flight requests (and so commands) may take to finish.
+    pub shutdown_timeout_s: u64,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8091".to_owned(), max_body_bytes: 64 * 1024, clock_skew_s: 15 * 60 }
+        Self { listen: "127.0.0.1:8091".to_owned(), max_body_bytes: 64 * 1024, clock_skew_s: 15 * 60, shutdown_timeout_s: 30 }
     }
 }
 
@@ -270,6 +283,15 @@ impl Config {
             .listen
             .parse::<SocketAddr>()
             .map_err(|e| ConfigError::invalid("api.listen", format!("{:?} is not HOST:PORT ({e})", self.api.listen)))?;
+        if let Some(listen) = &self.metrics.listen {
+            listen.parse::<SocketAddr>().map_err(|e| ConfigError::invalid("metrics.listen", format!("{listen:?} is not HOST:PORT ({e})")))?;
+        }
+        if self.metrics.token.as_ref().is_some_and(Secret::is_empty) {
+            return Err(ConfigError::invalid("metrics.token", "must not be empty"));
+        }
+        if self.api.shutdown_timeout_s > 3600 {
+            return Err(ConfigError::invalid("api.shutdown_timeout_s", "must be at most 3600"));
+        }
         if self.api.max_body_bytes < 1024 {
             return Err(ConfigError::invalid("api.max_body_bytes", "must be at least 1024"));
         }
@@ -354,7 +376,8 @@ fn section_fields(section: &str) -> &'static [&'static str] {
     match section {
         "database" => &["url", "max_connections", "connect_timeout_ms", "run_migrations"],
         "etcd" => &["endpoints", "namespace", "user", "password", "timeout_ms"],
-        "api" => &["listen", "max_body_bytes", "clock_skew_s"],
+        "api" => &["listen", "max_body_bytes", "clock_skew_s", "shutdown_timeout_s"],
+        "metrics" => &["listen", "token"],
         "watcher" => &["token", "status_timeout_ms", "command_timeout_ms", "default_port", "probe_interval_s", "queue_capacity"],
         "agent_rpc" => &["timeout_ms", "manager_keypair"],
         "log" => &["format", "level"],

@@ -14,6 +14,7 @@ use crate::{
     db::{Db, models::{AgentEventRow, AgentRow}, queries},
     domain::AgentId,
     error::{ErrorCode, Problem},
+    etcd::WatcherDirectory,
 };
 
 /// `GetWatcherStatusAction`.
@@ -78,7 +79,17 @@ const ACTOR_SLACK: Duration = Duration::from_secs(2);
 pub struct Supervisor {
     registry: Addr<RegistryActor>,
     db: Db,
+    directory: WatcherDirectory,
     settings: actors::ActorSettings,
+}
+
+/// What `/readyz` reports: each dependency's state, `None` when it is fine.
+#[derive(Debug, Clone, Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub database: Option<String>,
+    pub etcd: Option<String>,
+    pub actors: Option<String>,
 }
 
 fn mailbox(e: MailboxError) -> Problem {
@@ -89,8 +100,31 @@ fn mailbox(e: MailboxError) -> Problem {
 }
 
 impl Supervisor {
-    pub fn new(registry: Addr<RegistryActor>, db: Db, settings: actors::ActorSettings) -> Self {
-        Self { registry, db, settings }
+    pub fn new(registry: Addr<RegistryActor>, db: Db, directory: WatcherDirectory, settings: actors::ActorSettings) -> Self {
+        Self { registry, db, directory, settings }
+    }
+
+    /// Checks the database (a query), etcd (the watched mirror, else a direct read) and the actor system.
+    pub async fn readiness(&self) -> Readiness {
+        let database = match async { diesel_async::RunQueryDsl::execute(diesel::sql_query("SELECT 1"), &mut *self.db.conn().await?).await.map_err(crate::db::query_error) }.await {
+            Ok(_) => None,
+            Err(e) => Some(e.to_string()),
+        };
+        let etcd = if self.directory.is_synced() {
+            None
+        } else {
+            self.directory.etcd().get(crate::etcd::keys::WATCHER_TOKEN).await.err().map(|e| e.to_string())
+        };
+        let actors = match self.registry.send(actors::Ping).timeout(Duration::from_secs(1)).await {
+            Ok(_) => None,
+            Err(e) => Some(format!("the registry actor did not answer: {e}")),
+        };
+        Readiness { ready: database.is_none() && etcd.is_none() && actors.is_none(), database, etcd, actors }
+    }
+
+    /// Whether the actor system answers (the systemd watchdog's health check).
+    pub async fn actors_alive(&self) -> bool {
+        self.registry.send(actors::Ping).timeout(Duration::from_secs(1)).await.is_ok()
     }
 
     pub fn registry(&self) -> &Addr<RegistryActor> {
@@ -99,6 +133,10 @@ impl Supervisor {
 
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    pub fn directory(&self) -> &WatcherDirectory {
+        &self.directory
     }
 
     async fn agent(&self, agent_id: &AgentId) -> Result<Addr<AgentActor>, Problem> {

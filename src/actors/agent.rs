@@ -158,6 +158,7 @@ impl AgentActor {
         }
         let (tx, rx) = oneshot::channel();
         self.queue.push_back(Queued { command, requester, requested_at: Utc::now(), reply: tx });
+        self.deps.metrics.commands_queued.inc();
         self.pump(ctx);
         let id = self.id.clone();
         Box::pin(async move {
@@ -171,12 +172,15 @@ impl AgentActor {
             return;
         }
         let Some(next) = self.queue.pop_front() else { return };
+        self.deps.metrics.commands_queued.dec();
+        self.deps.metrics.commands_in_flight.inc();
         self.in_flight = Some(next.command.watcher());
         let Queued { command, requester, requested_at, reply } = next;
         let span = tracing::info_span!("command", agent.id = %self.id, action = command.watcher().as_str(), requester = %requester);
         let fut = tracing::Instrument::instrument(execute(self.id.clone(), self.deps.clone(), command, requester.clone(), requested_at), span);
         ctx.spawn(fut.into_actor(self).map(move |(result, observation, outcome), act, ctx| {
             act.in_flight = None;
+            act.deps.metrics.commands_in_flight.dec();
             if let Some(o) = observation {
                 act.observe(o);
             }
@@ -306,7 +310,11 @@ async fn fetch_status(id: AgentId, deps: Deps) -> (Result<GetWatcherStatusResult
     let result = async {
         let addr = deps.directory.watcher_address(&id).await.map_err(Problem::from)?;
         let token = deps.directory.watcher_token().await.map_err(Problem::from)?;
-        client::get_status(&addr, &token, deps.settings.status_timeout).await.map_err(Problem::from)
+        let called = Instant::now();
+        let reply = client::get_status(&addr, &token, deps.settings.status_timeout).await.map_err(Problem::from);
+        let outcome = reply.as_ref().map_or_else(|p| p.code.as_str(), |_| "ok");
+        deps.metrics.observe_watcher("status", outcome, called.elapsed());
+        reply
     }
     .await;
     let latency_ms = started.elapsed().as_millis() as u64;
@@ -442,7 +450,11 @@ async fn run_command(id: &AgentId, deps: &Deps, command: Command) -> (Result<Val
     let reply = async {
         let addr = deps.directory.watcher_address(id).await.map_err(Problem::from)?;
         let token = deps.directory.watcher_token().await.map_err(Problem::from)?;
-        client::send_command(&addr, &token, command.watcher(), deps.settings.command_timeout).await.map_err(Problem::from)
+        let called = Instant::now();
+        let reply = client::send_command(&addr, &token, command.watcher(), deps.settings.command_timeout).await.map_err(Problem::from);
+        let outcome = reply.as_ref().map_or_else(|p| p.code.as_str(), |_| "ok");
+        deps.metrics.observe_watcher(command.watcher().as_str(), outcome, called.elapsed());
+        reply
     }
     .await;
     (reply.map(|r| r.body), observation)

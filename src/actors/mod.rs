@@ -14,10 +14,10 @@ pub use agent::{
     WatcherAgentRestart, WatcherAgentStart, WatcherAgentStop, WatcherCommandResult,
 };
 pub use recalc::{RecalculateUsage, RecalculateUsageResult};
-pub use registry::{GetAgent, ListAgentActors, LoadAgents, RegistryActor};
+pub use registry::{GetAgent, ListAgentActors, LoadAgents, Ping, RegistryActor};
 pub use sync::{SyncAgentRegistry, SyncAgentRegistryResult};
 
-use crate::{agent_rpc::AgentRpc, config::Config, db::Db, etcd::WatcherDirectory};
+use crate::{agent_rpc::AgentRpc, telemetry::metrics::Metrics, config::Config, db::Db, etcd::WatcherDirectory};
 
 /// How many finished command outcomes each agent actor keeps in memory.
 pub const OUTCOMES_KEPT: usize = 20;
@@ -53,5 +53,6 @@ pub struct Deps {
     pub db: Db,
     pub directory: WatcherDirectory,
     pub rpc: AgentRpc,
+    pub metrics: Metrics,
     pub settings: ActorSettings,
 }

@@ -47,7 +47,14 @@ impl RegistryActor {
         state.runs += 1;
         let run = state.runs;
         let db = self.deps().db.clone();
-        let fut = async move { recalc::recalculate_usage(&db, &RecalcOptions::default()).await };
+        let metrics = self.deps().metrics.clone();
+        let fut = async move {
+            let started = std::time::Instant::now();
+            let result = recalc::recalculate_usage(&db, &RecalcOptions::default()).await;
+            metrics.recalc_duration.with_label_values(&[] as &[&str]).observe(started.elapsed().as_secs_f64());
+            metrics.recalc_runs.with_label_values(&[if result.is_ok() { "ok" } else { "failed" }]).inc();
+            result
+        };
         let fut = tracing::Instrument::instrument(fut, tracing::info_span!("recalculate_usage", run));
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             let result = result.map(|report| RecalculateUsageResult { run, report }).map_err(Problem::from);

@@ -33,7 +33,9 @@ impl RegistryActor {
 
     fn actor_for(&mut self, id: AgentId) -> Addr<AgentActor> {
         let deps = self.deps.clone();
-        self.agents.entry(id.clone()).or_insert_with(|| AgentActor::new(id, deps).start()).clone()
+        let addr = self.agents.entry(id.clone()).or_insert_with(|| AgentActor::new(id, deps).start()).clone();
+        self.deps.metrics.agents.set(self.agents.len() as i64);
+        addr
     }
 }
 
@@ -107,5 +109,17 @@ impl Handler<ListAgentActors> for RegistryActor {
     type Result = MessageResult<ListAgentActors>;
     fn handle(&mut self, _: ListAgentActors, _: &mut Self::Context) -> Self::Result {
         MessageResult(self.agents.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+}
+
+/// Answers at once; readiness and the systemd watchdog use it to tell that the actor system is alive.
+#[derive(Debug, Message)]
+#[rtype(result = "usize")]
+pub struct Ping;
+
+impl Handler<Ping> for RegistryActor {
+    type Result = usize;
+    fn handle(&mut self, _: Ping, _: &mut Self::Context) -> usize {
+        self.agents.len()
     }
 }

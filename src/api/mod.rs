@@ -2,6 +2,7 @@
 //! Handlers are thin: extract, authorise, send to the service, map the result. The route table is [`routes`].
 
 mod compat;
+pub mod health;
 pub mod params;
 pub mod problem;
 mod requester;
@@ -11,13 +12,15 @@ use actix_web::web;
 
 pub use requester::Requester;
 
-use crate::service::Supervisor;
+use crate::{config::Secret, service::Supervisor, telemetry::metrics::Metrics};
 
 /// Shared by every handler.
 #[derive(Clone)]
 pub struct AppState {
     pub supervisor: Supervisor,
-    pub max_body_bytes: usize,
+    pub metrics: Metrics,
+    /// Bearer token that unlocks `/metrics` on the API address; `None` keeps it off there.
+    pub metrics_token: Option<Secret>,
 }
 
 /// A resource whose other methods answer `405 method_not_allowed` as problem+json.
@@ -37,7 +40,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/resource/recalculate-usage").post(compat::recalculate_usage))
         .service(resource("/v1/agents/{id}/sync").post(v1::sync))
         .service(resource("/v1/usage/recalculate").post(v1::recalculate))
-        .service(resource("/healthz").get(v1::healthz))
+        .service(resource("/healthz").get(health::healthz))
+        .service(resource("/readyz").get(health::readyz))
+        .service(resource("/metrics").get(health::metrics))
         .service(resource("/v1/agents").get(v1::list_agents))
         .service(resource("/v1/agents/{id}/watcher").get(v1::watcher_status))
         .service(resource("/v1/agents/{id}/start").post(v1::start))
@@ -55,9 +60,15 @@ pub async fn trace_request(
     use tracing::Instrument;
     let started = std::time::Instant::now();
     let span = tracing::info_span!("request", method = %req.method(), path = %req.path());
+    let metrics = req.app_data::<actix_web::web::Data<AppState>>().map(|s| s.metrics.clone());
+    let method = req.method().to_string();
     let res = next.call(req).instrument(span.clone()).await?;
     let status = res.status().as_u16();
-    let elapsed_ms = started.elapsed().as_millis() as u64;
-    span.in_scope(|| tracing::debug!(status, elapsed_ms, "request finished"));
+    let elapsed = started.elapsed();
+    if let Some(metrics) = metrics {
+        let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
+        metrics.observe_http(&route, &method, status, elapsed);
+    }
+    span.in_scope(|| tracing::debug!(status, elapsed_ms = elapsed.as_millis() as u64, "request finished"));
     Ok(res)
 }

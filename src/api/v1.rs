@@ -15,10 +15,6 @@ use crate::{
 const DEFAULT_EVENTS: i64 = 50;
 const MAX_EVENTS: i64 = 1000;
 
-pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
-}
-
 pub async fn list_agents(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     let pairs = query_pairs(req.query_string(), &["scaling_group"])?;
     let sg = pairs.iter().find(|(k, _)| k == "scaling_group").map(|(_, v)| v.as_str());

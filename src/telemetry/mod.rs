@@ -13,3 +13,6 @@ pub fn init(format: LogFormat, level: &str) {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
     };
 }
+
+pub mod metrics;
+pub mod systemd;

@@ -1,0 +1,35 @@
+//! systemd's notification protocol (`sd_notify`): a datagram to `$NOTIFY_SOCKET` saying `READY=1`, `WATCHDOG=1`,
+//! `STOPPING=1`. A no-op when the variable is unset (not started by systemd with `Type=notify`).
+
+use std::{os::unix::net::UnixDatagram, time::Duration};
+
+/// Sends one notification; errors are logged, never fatal.
+pub fn notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let sent = (|| -> std::io::Result<()> {
+        let socket = UnixDatagram::unbound()?;
+        let bytes = path.as_encoded_bytes();
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            socket.send_to_addr(state.as_bytes(), &addr)?;
+        } else {
+            socket.send_to(state.as_bytes(), &path)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, state, "could not notify systemd");
+    }
+}
+
+/// Half the watchdog interval systemd asks for (`$WATCHDOG_USEC`), if it asks, as systemd recommends.
+pub fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok() != Some(std::process::id()) {
+            return None;
+        }
+    }
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
+}
