@@ -35,6 +35,18 @@ fn pair() -> (Uuid, Uuid) {
     (Uuid::new_v4(), Uuid::new_v4())
 }
 
+/// A free port below Linux's ephemeral range, so that no outgoing connection or `bind(*)` of a parallel test takes it
+/// while a test has it unbound (the restart test).
+fn quiet_port() -> u16 {
+    let mut candidate = 20_000 + (std::process::id() % 10_000) as u16;
+    loop {
+        if std::net::TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+            return candidate;
+        }
+        candidate = 20_000 + (candidate - 20_000 + 7919) % 10_000;
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -146,7 +158,7 @@ async fn concurrent_calls_on_one_connection_each_get_their_own_reply() {
 
 #[tokio::test]
 async fn an_agent_that_goes_away_is_noticed_and_a_restarted_one_is_reached_again() {
-    let port = free_port();
+    let port = quiet_port();
     let listen = format!("127.0.0.1:{port}");
     let client = rpc(None);
     let agent = StandinAgent::start(StandinConfig::new(&listen, AGENT)).unwrap();

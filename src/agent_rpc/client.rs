@@ -278,11 +278,10 @@ impl Worker {
     fn run(mut self) {
         loop {
             self.expire();
-            if self.pending.is_empty() && (self.jobs_closed || self.last_activity.elapsed() >= IDLE_CLOSE) {
-                if self.jobs_closed || self.retire() {
-                    tracing::debug!(addr = %self.endpoint, "agent RPC connection closed");
-                    return;
-                }
+            let idle = self.last_activity.elapsed() >= IDLE_CLOSE;
+            if self.pending.is_empty() && (self.jobs_closed || (idle && self.retire())) {
+                tracing::debug!(addr = %self.endpoint, "agent RPC connection closed");
+                return;
             }
             if let Err(e) = self.wait() {
                 tracing::debug!(addr = %self.endpoint, error = %e, "agent RPC poll failed; resetting the socket");
@@ -461,11 +460,12 @@ impl Worker {
             }
             match socket.recv_multipart(zmq::DONTWAIT) {
                 Ok(frames) => {
-                    if let [kind, echoed, _] = frames.as_slice() {
-                        if kind.as_slice() == codec::PONG && echoed.as_slice() == token.as_slice() {
-                            self.last_heard = Instant::now();
-                            return Ok(());
-                        }
+                    if let [kind, echoed, _] = frames.as_slice()
+                        && kind.as_slice() == codec::PONG
+                        && echoed.as_slice() == token.as_slice()
+                    {
+                        self.last_heard = Instant::now();
+                        return Ok(());
                     }
                 }
                 Err(zmq::Error::EAGAIN) => {}
@@ -554,6 +554,7 @@ impl Worker {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -302,6 +302,7 @@ pub fn decode_request(header: Header, body: &[u8]) -> Result<Request, CodecError
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -43,6 +43,7 @@ impl From<RpcError> for Problem {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -116,6 +116,7 @@ fn parse_curve_section(text: &str) -> (Option<String>, Option<String>) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

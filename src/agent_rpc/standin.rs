@@ -274,7 +274,7 @@ impl Server {
         let (code, text, user): (&[u8], &[u8], &[u8]) = match msg.as_slice() {
             [_, _, domain, _, _, mechanism, key] if mechanism.as_slice() == b"CURVE" => {
                 let key = zmq::z85_encode(key).unwrap_or_default();
-                if domain.as_slice() == ZAP_DOMAIN.as_bytes() && allowed.iter().any(|a| *a == key) {
+                if domain.as_slice() == ZAP_DOMAIN.as_bytes() && allowed.contains(&key) {
                     (b"200", b"OK", b"manager")
                 } else {
                     tracing::info!(client_key = %key, "agent stand-in rejected a CURVE client");
@@ -361,10 +361,10 @@ impl Server {
         call: &mut StandinCall,
     ) -> Result<rmpv::Value, (MsgType, String, String)> {
         let failure = |name: &str, msg: String| (MsgType::Failure, name.to_owned(), format!("{name}({msg:?})"));
-        if let Some(id) = agent_id {
-            if id != self.agent_id {
-                return Err(failure("AgentIdNotFoundError", format!("Agent {id} not found")));
-            }
+        if let Some(id) = agent_id
+            && id != self.agent_id
+        {
+            return Err(failure("AgentIdNotFoundError", format!("Agent {id} not found")));
         }
         let pairs = pairs.ok_or_else(|| failure("TypeError", "expected a list of (kernel_id, session_id) pairs".into()))?;
         let mut requested = Vec::with_capacity(pairs.len());
