@@ -24,6 +24,7 @@ pub enum BackendKind {
 #[command(
     name = "agent-watcher",
     version,
+    args_override_self = true,
     about = "Node-side watcher: reports and controls the agent service (wire-compatible with Backend.AI's watcher)",
     after_help = "Examples:\n  agent-watcher --backend systemd --unit backendai-agent.service --token-file /etc/agent-watcher/token\n  \
                   agent-watcher --backend process --listen 127.0.0.1:6009 --token s3cret -- /usr/bin/my-agent --flag"

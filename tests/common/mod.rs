@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod procs;
+pub mod watcher;
 
 use std::{collections::hash_map::DefaultHasher, hash::Hasher, path::Path, time::Duration};
 
