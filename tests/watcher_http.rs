@@ -119,3 +119,32 @@ fn without_any_token_configured_insecure_is_accepted_with_a_loud_warning() {
     assert_eq!(w.request("GET", "/", Some("s3cret")).status, 401);
     assert!(w.log().contains("NO WATCHER TOKEN CONFIGURED"), "log: {}", w.log());
 }
+
+#[test]
+fn a_config_file_sets_flags_and_the_command_line_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("watcher.toml");
+    std::fs::write(
+        &config,
+        "backend = \"process\"\ntoken = \"from-config\"\nno-autostart = true\nsoft_reset = true\ncommand = [\"sleep\", \"1000\"]\n",
+    )
+    .unwrap();
+    let args: Vec<String> =
+        ["--config", config.to_str().unwrap(), "--token", "from-cli"].iter().map(|s| s.to_string()).collect();
+    let w = WatcherProcess::spawn("from-cli", &args, &[]);
+    assert_eq!(w.request("GET", "/", Some("from-config")).status, 401, "the command line wins");
+    let doc = w.get("/").json();
+    assert_eq!(doc["backend"], "process");
+    assert_eq!(doc["agent-status"], "inactive", "no-autostart from the file");
+    // soft-reset is enabled by the file: the route exists (and refuses, the agent being stopped).
+    let r = w.post("/soft-reset");
+    assert_eq!(r.status, 409, "body: {}", r.body);
+
+    std::fs::write(&config, "tokn = \"typo\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agent-watcher"))
+        .args(["--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("key `tokn`: unknown key"));
+}
