@@ -81,6 +81,7 @@ fn a_crashed_child_shows_failed_with_its_exit_status_and_can_be_started_again() 
     assert!(w.wait_for_status("failed", SECS(5)));
     let doc = w.get("/").json();
     assert_eq!(doc["last-exit-status"], "signal 9 (SIGKILL)");
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "the crashed child was reaped, not left a zombie");
 
     let r = w.post("/agent/stop");
     assert_eq!(error_code(&r), "agent_already_stopped", "a failed agent is not running");

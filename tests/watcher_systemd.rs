@@ -180,3 +180,13 @@ fn soft_reset_reloads_the_unit_and_reports_a_failed_reload() {
     assert_eq!(r.status, 500);
     assert!(r.json()["detail"].as_str().unwrap().contains("invalid"), "{}", r.body);
 }
+
+#[test]
+fn sigterm_stops_the_watcher_but_leaves_the_unit_running() {
+    let dir = stand_in("active");
+    let mut w = WatcherProcess::systemd_backend(TOKEN, dir.path(), &[]);
+    assert_eq!(w.agent_status(), "active");
+    let status = w.terminate().expect("the watcher exits");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(count(dir.path(), &format!("systemctl stop {UNIT}")), 0, "systemd owns the unit, not the watcher");
+}
