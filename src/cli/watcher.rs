@@ -2,7 +2,9 @@
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use std::ffi::OsString;
+
+use clap::{CommandFactory, Parser, ValueEnum};
 
 use crate::{
     config::{EtcdConfig, Secret},
@@ -24,11 +26,17 @@ pub enum BackendKind {
 #[command(
     name = "agent-watcher",
     version,
+    args_override_self = true,
     about = "Node-side watcher: reports and controls the agent service (wire-compatible with Backend.AI's watcher)",
     after_help = "Examples:\n  agent-watcher --backend systemd --unit backendai-agent.service --token-file /etc/agent-watcher/token\n  \
                   agent-watcher --backend process --listen 127.0.0.1:6009 --token s3cret -- /usr/bin/my-agent --flag"
 )]
 pub struct Cli {
+    /// TOML file whose keys are the long flag names without dashes (`listen = "127.0.0.1:6009"`, `soft-reset = true`,
+    /// `etcd = ["http://…"]`, `command = ["/usr/bin/agent", "--flag"]`). The command line wins over the file, the
+    /// file over the environment.
+    #[arg(long, env = "AGENT_WATCHER_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Address and port to serve on.
     #[arg(long, env = "AGENT_WATCHER_LISTEN", default_value = "0.0.0.0:6009")]
     pub listen: String,
@@ -166,8 +174,81 @@ fn init_tracing(json: bool) {
     if json { builder.json().init() } else { builder.init() }
 }
 
+/// Turns the `--config` file (if any) into flags placed before the real ones, so that the real ones win.
+pub fn expand_config(argv: Vec<OsString>) -> Result<Vec<OsString>, String> {
+    let before_dashes = argv.iter().take_while(|a| *a != "--");
+    let mut path = None;
+    let mut it = before_dashes.peekable();
+    while let Some(a) = it.next() {
+        let a = a.to_string_lossy();
+        if a == "--config" {
+            path = it.peek().map(|p| PathBuf::from(p.as_os_str()));
+        } else if let Some(p) = a.strip_prefix("--config=") {
+            path = Some(PathBuf::from(p));
+        }
+    }
+    let path = match path.or_else(|| std::env::var_os("AGENT_WATCHER_CONFIG").map(PathBuf::from)) {
+        Some(p) => p,
+        None => return Ok(argv),
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let known: Vec<String> =
+        Cli::command().get_arguments().filter_map(|a| a.get_long().map(str::to_owned)).collect();
+    let mut flags: Vec<OsString> = Vec::new();
+    let mut command: Vec<OsString> = Vec::new();
+    for (key, value) in table {
+        let name = key.replace('_', "-");
+        let bad = |why: &str| format!("{}: key `{key}`: {why}", path.display());
+        if name == "command" {
+            let toml::Value::Array(items) = value else { return Err(bad("must be an array of strings")) };
+            for item in items {
+                let toml::Value::String(s) = item else { return Err(bad("must be an array of strings")) };
+                command.push(s.into());
+            }
+            continue;
+        }
+        if name == "config" || !known.contains(&name) {
+            return Err(bad("unknown key"));
+        }
+        let flag = OsString::from(format!("--{name}"));
+        let values = match value {
+            toml::Value::Array(items) => items,
+            other => vec![other],
+        };
+        for v in values {
+            match v {
+                toml::Value::Boolean(true) => flags.push(flag.clone()),
+                toml::Value::Boolean(false) => {}
+                toml::Value::String(s) => flags.extend([flag.clone(), s.into()]),
+                toml::Value::Integer(n) => flags.extend([flag.clone(), n.to_string().into()]),
+                _ => return Err(bad("must be a string, an integer, a boolean or an array of them")),
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(argv.len() + flags.len() + command.len() + 1);
+    let mut rest = argv.into_iter();
+    out.extend(rest.next());
+    out.extend(flags);
+    let rest: Vec<OsString> = rest.collect();
+    let has_command = rest.iter().any(|a| a == "--");
+    out.extend(rest);
+    if !has_command && !command.is_empty() {
+        out.push("--".into());
+        out.extend(command);
+    }
+    Ok(out)
+}
+
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv = match expand_config(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("agent-watcher: configuration file: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(argv);
     init_tracing(cli.log_json);
     let opts = match cli.into_options() {
         Ok(o) => o,

@@ -20,6 +20,8 @@ use crate::watcher::server::status::{AgentStatus, StatusBody};
 
 /// How often the state is polled during the start grace period.
 const GRACE_POLL: Duration = Duration::from_millis(100);
+/// Bound on the `is-active` behind `GET /`, so that a hung systemd cannot hold status requests for long.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
 /// How much of `systemctl`'s stderr a failure carries.
 const STDERR_LINES: usize = 20;
 const STDERR_BYTES: usize = 4096;
@@ -95,7 +97,7 @@ impl SystemdBackend {
             return Ok(s);
         }
         let generation = self.generation.load(Ordering::SeqCst);
-        let status = self.is_active().await?;
+        let status = self.is_active_within(STATUS_TIMEOUT.min(self.cfg.systemctl_timeout)).await?;
         if self.generation.load(Ordering::SeqCst) == generation
             && let Ok(mut cache) = self.cache.lock()
         {
@@ -106,7 +108,11 @@ impl SystemdBackend {
 
     /// A fresh `systemctl is-active`. Its exit code is non-zero for every state but `active`, so only stdout counts.
     async fn is_active(&self) -> Result<AgentStatus, String> {
-        let ran = self.systemctl("is-active").await?;
+        self.is_active_within(self.cfg.systemctl_timeout).await
+    }
+
+    async fn is_active_within(&self, timeout: Duration) -> Result<AgentStatus, String> {
+        let ran = self.systemctl("is-active", timeout).await?;
         let word = ran.stdout.trim();
         if word.is_empty() {
             return Err(format!("systemctl is-active printed nothing ({}): {}", ran.exit_status, ran.stderr.trim()));
@@ -114,7 +120,7 @@ impl SystemdBackend {
         Ok(AgentStatus::parse(word))
     }
 
-    async fn systemctl(&self, verb: &str) -> Result<Ran, String> {
+    async fn systemctl(&self, verb: &str, timeout: Duration) -> Result<Ran, String> {
         let mut cmd = if self.cfg.sudo {
             let mut c = Process::new("sudo");
             c.args(["-n", "systemctl"]);
@@ -128,12 +134,12 @@ impl SystemdBackend {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let program = if self.cfg.sudo { "sudo -n systemctl" } else { "systemctl" };
-        let output = match tokio::time::timeout(self.cfg.systemctl_timeout, cmd.output()).await {
+        let output = match tokio::time::timeout(timeout, cmd.output()).await {
             Err(_) => {
                 return Err(format!(
                     "`{program} {verb} {}` did not finish within {} ms",
                     self.cfg.unit,
-                    self.cfg.systemctl_timeout.as_millis()
+                    timeout.as_millis()
                 ));
             }
             Ok(Err(e)) => return Err(format!("cannot run `{program} {verb} {}`: {e}", self.cfg.unit)),
@@ -150,7 +156,7 @@ impl SystemdBackend {
     /// Runs a state-changing verb; a non-zero exit is a failure carrying stderr.
     async fn change(&self, verb: &str) -> Result<(), CommandError> {
         self.invalidate();
-        let ran = self.systemctl(verb).await.map_err(CommandError::failed);
+        let ran = self.systemctl(verb, self.cfg.systemctl_timeout).await.map_err(CommandError::failed);
         self.invalidate();
         let ran = ran?;
         if ran.success {
