@@ -132,22 +132,14 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         let (server, handles) = start(&config, listener).await?.split();
         tracing::info!(listen = %handles.addr, "agent-supervisor serving");
         systemd::notify("READY=1");
-        if let Some(every) = systemd::watchdog_interval() {
-            let supervisor = handles.supervisor.clone();
-            actix_rt::spawn(async move {
-                loop {
-                    if supervisor.actors_alive().await {
-                        systemd::notify("WATCHDOG=1");
-                    } else {
-                        tracing::error!("actor system does not answer; withholding the watchdog ping");
-                    }
-                    actix_rt::time::sleep(every).await;
-                }
-            });
-        }
+        let supervisor = handles.supervisor.clone();
+        systemd::spawn_watchdog(move || {
+            let supervisor = supervisor.clone();
+            async move { supervisor.actors_alive().await }
+        });
         let stopper = handles.server.clone();
         actix_rt::spawn(async move {
-            let signal = wait_for_stop_signal().await;
+            let signal = systemd::stop_signal().await;
             tracing::info!(signal, "stopping: no new requests; waiting for in-flight commands");
             systemd::notify("STOPPING=1");
             stopper.stop(true).await;
@@ -159,14 +151,3 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     })
 }
 
-async fn wait_for_stop_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    }
-}

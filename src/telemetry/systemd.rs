@@ -33,3 +33,35 @@ pub fn watchdog_interval() -> Option<Duration> {
     }
     (usec > 0).then(|| Duration::from_micros(usec / 2))
 }
+
+/// Waits for SIGTERM or SIGINT and says which; both binaries stop gracefully on either.
+pub async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+/// Pings the watchdog at half systemd's interval for as long as `healthy` says so (no-op without a watchdog).
+pub fn spawn_watchdog<F, Fut>(healthy: F)
+where
+    F: Fn() -> Fut + 'static,
+    Fut: Future<Output = bool> + 'static,
+{
+    let Some(every) = watchdog_interval() else { return };
+    actix_rt::spawn(async move {
+        loop {
+            if healthy().await {
+                notify("WATCHDOG=1");
+            } else {
+                tracing::error!("not healthy; withholding the watchdog ping");
+            }
+            actix_rt::time::sleep(every).await;
+        }
+    });
+}

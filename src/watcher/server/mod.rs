@@ -11,6 +11,7 @@ pub mod commands;
 pub mod registration;
 pub mod status;
 
+use crate::telemetry::systemd;
 use std::{net::TcpListener, path::PathBuf, time::Duration};
 
 use actix_web::{HttpServer, web};
@@ -128,6 +129,9 @@ pub async fn serve(opts: ServerOptions) -> Result<(), ServeError> {
     let handle = server.handle();
     let mut server_task = actix_web::rt::spawn(server);
     tracing::info!(listen = %local, backend = state.commander.backend().name(), "agent-watcher serving");
+    systemd::notify("READY=1");
+    // Alive as long as the HTTP workers answer; status never waits behind commands.
+    systemd::spawn_watchdog(move || async move { std::net::TcpStream::connect(local).is_ok() });
 
     if let (Some(etcd), Some(reg)) = (etcd, opts.registration.clone()) {
         actix_web::rt::spawn(registration::register_until_done(etcd, reg, local.port()));
@@ -142,8 +146,9 @@ pub async fn serve(opts: ServerOptions) -> Result<(), ServeError> {
     }
 
     let outcome = tokio::select! {
-        signal = shutdown_signal() => {
+        signal = systemd::stop_signal() => {
             tracing::info!(signal, "shutting down");
+            systemd::notify("STOPPING=1");
             Ok(())
         }
         ended = &mut server_task => {
@@ -196,14 +201,3 @@ fn default_log_file(port: u16) -> PathBuf {
     dir.join(format!("agent-watcher-{port}-agent.log"))
 }
 
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; stop the watcher with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    }
-}
