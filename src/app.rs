@@ -9,6 +9,7 @@ use actix_web::{App, HttpServer, dev::Server, middleware, web};
 use crate::{
     actors::{ActorSettings, Deps, LoadAgents, RegistryActor},
     api::{self, AppState},
+    auth::Authenticator,
     config::Config,
     db::{self, Db, queries},
     etcd::{Etcd, WatcherDirectory},
@@ -81,8 +82,9 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
         Ok(Err(e)) => tracing::warn!(error = %e, "agents not loaded at start-up; actors are created on first use"),
         Err(e) => tracing::warn!(error = %e, "registry did not answer"),
     }
+    let auth = Authenticator::new(db.clone(), config.api.clock_skew_s);
     let supervisor = Supervisor::new(registry, db, settings);
-    let state = AppState { supervisor: supervisor.clone(), max_body_bytes: config.api.max_body_bytes };
+    let state = AppState { supervisor: supervisor.clone(), max_body_bytes: config.api.max_body_bytes, auth };
 
     let addr = listener.local_addr()?;
     let max_body = config.api.max_body_bytes;

@@ -3,7 +3,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
-use super::{AppState, Requester, params::agent_params};
+use super::{AppState, Superadmin, params::agent_params};
 use crate::{
     error::Problem,
     service::{GetWatcherStatusAction, WatcherAgentRestartAction, WatcherAgentStartAction, WatcherAgentStopAction},
@@ -16,32 +16,33 @@ pub async fn version() -> HttpResponse {
     HttpResponse::Ok().json(json!({"version": API_VERSION, "manager": concat!("agent-supervisor ", env!("CARGO_PKG_VERSION"))}))
 }
 
+/// Open, signed or not: the 23.09 manager does not require authentication here, and the client ignores failures.
 pub async fn announcement() -> HttpResponse {
     HttpResponse::Ok().json(json!({"enabled": false, "message": ""}))
 }
 
 /// `GET /resource/watcher`: `agent_id` from a JSON body (client 23.09) or the query (newer clients).
-pub async fn watcher_status(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+pub async fn watcher_status(_who: Superadmin, req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     let p = agent_params(&body, req.query_string(), false)?;
     let result = state.supervisor.get_watcher_status(GetWatcherStatusAction { agent_id: p.agent_id }).await?;
     Ok(HttpResponse::Ok().json(result.data))
 }
 
-pub async fn watcher_start(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>, who: Requester) -> Result<HttpResponse, Problem> {
+pub async fn watcher_start(who: Superadmin, req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     let p = agent_params(&body, req.query_string(), false)?;
-    let result = state.supervisor.watcher_agent_start(WatcherAgentStartAction { agent_id: p.agent_id, requester: who.name }).await?;
+    let result = state.supervisor.watcher_agent_start(WatcherAgentStartAction { agent_id: p.agent_id, requester: who.0.name }).await?;
     Ok(HttpResponse::Ok().json(result.data))
 }
 
-pub async fn watcher_stop(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>, who: Requester) -> Result<HttpResponse, Problem> {
+pub async fn watcher_stop(who: Superadmin, req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     let p = agent_params(&body, req.query_string(), true)?;
-    let action = WatcherAgentStopAction { agent_id: p.agent_id, force: p.force, requester: who.name };
+    let action = WatcherAgentStopAction { agent_id: p.agent_id, force: p.force, requester: who.0.name };
     let result = state.supervisor.watcher_agent_stop(action).await?;
     Ok(HttpResponse::Ok().json(result.data))
 }
 
-pub async fn watcher_restart(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>, who: Requester) -> Result<HttpResponse, Problem> {
+pub async fn watcher_restart(who: Superadmin, req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     let p = agent_params(&body, req.query_string(), false)?;
-    let result = state.supervisor.watcher_agent_restart(WatcherAgentRestartAction { agent_id: p.agent_id, requester: who.name }).await?;
+    let result = state.supervisor.watcher_agent_restart(WatcherAgentRestartAction { agent_id: p.agent_id, requester: who.0.name }).await?;
     Ok(HttpResponse::Ok().json(result.data))
 }

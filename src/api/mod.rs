@@ -1,6 +1,7 @@
 //! The admin HTTP API: Backend.AI-compatible routes (so the official client works unchanged) and our own `/v1`.
 //! Handlers are thin: extract, authorise, send to the service, map the result. The route table is [`routes`].
 
+pub mod auth;
 mod compat;
 pub mod params;
 pub mod problem;
@@ -9,15 +10,18 @@ mod v1;
 
 use actix_web::web;
 
+pub use auth::{Authenticated, Superadmin};
 pub use requester::Requester;
 
-use crate::service::Supervisor;
+use crate::{auth::Authenticator, service::Supervisor};
 
 /// Shared by every handler.
 #[derive(Clone)]
 pub struct AppState {
     pub supervisor: Supervisor,
     pub max_body_bytes: usize,
+    /// Verifies signed requests (see [`auth`]).
+    pub auth: Authenticator,
 }
 
 /// The route table.
@@ -29,6 +33,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/resource/watcher/agent/stop").post(compat::watcher_stop).default_service(web::to(problem::method_not_allowed)))
         .service(web::resource("/resource/watcher/agent/restart").post(compat::watcher_restart).default_service(web::to(problem::method_not_allowed)))
         .service(web::resource("/healthz").get(v1::healthz).default_service(web::to(problem::method_not_allowed)))
+        .service(web::resource("/v1/whoami").get(v1::whoami).default_service(web::to(problem::method_not_allowed)))
         .service(web::resource("/v1/agents").get(v1::list_agents).default_service(web::to(problem::method_not_allowed)))
         .service(web::resource("/v1/agents/{id}/watcher").get(v1::watcher_status).default_service(web::to(problem::method_not_allowed)))
         .service(web::resource("/v1/agents/{id}/start").post(v1::start).default_service(web::to(problem::method_not_allowed)))
