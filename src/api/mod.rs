@@ -11,6 +11,7 @@ mod v1;
 use actix_web::web;
 
 pub use auth::{Authenticated, Superadmin};
+pub use compat::API_VERSION as COMPAT_API_VERSION;
 pub use requester::Requester;
 
 use crate::{auth::Authenticator, service::Supervisor};
