@@ -88,6 +88,7 @@ impl From<AuthError> for Problem {
                 ErrorCode::AuthFailed,
                 "Authorization header required: sign the request with an access key (BackendAI signMethod=HMAC-SHA256)",
             ),
+            AuthError::Malformed(m @ SigningError::BadDate(_)) => Problem::new(ErrorCode::AuthFailed, format!("Date/time sync error: {m}")),
             AuthError::Malformed(m) => Problem::new(ErrorCode::AuthFailed, m.to_string()),
             AuthError::MissingHost => Problem::new(ErrorCode::AuthFailed, e.to_string()),
             // Backend.AI answers these with 400 "Date/time sync error"; they are credential problems, so 401 here.
