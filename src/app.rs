@@ -7,6 +7,7 @@ use actix::Actor;
 use actix_web::{App, HttpServer, dev::Server, middleware, web};
 
 use crate::{
+    agent_rpc::AgentRpc,
     actors::{ActorSettings, Deps, LoadAgents, RegistryActor},
     api::{self, AppState},
     auth::Authenticator,
@@ -23,6 +24,8 @@ pub enum StartError {
     Db(#[from] db::DbError),
     #[error("etcd: {0}")]
     Etcd(#[from] crate::etcd::EtcdError),
+    #[error("agent RPC: {0}")]
+    Rpc(#[from] crate::agent_rpc::RpcError),
     #[error("cannot listen: {0}")]
     Listen(#[from] std::io::Error),
 }
@@ -74,8 +77,9 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
         tracing::warn!("etcd is not reachable yet; watcher lookups fail with etcd_unavailable until it is");
     }
 
-    let settings = ActorSettings::from(&config.watcher);
-    let deps = Deps { db: db.clone(), directory: directory.clone(), settings: settings.clone() };
+    let settings = ActorSettings::from(config);
+    let rpc = AgentRpc::new(&config.agent_rpc)?;
+    let deps = Deps { db: db.clone(), directory: directory.clone(), rpc, settings: settings.clone() };
     let registry = RegistryActor::new(deps).start();
     match registry.send(LoadAgents).await {
         Ok(Ok(n)) => tracing::info!(agents = n, "agent actors started"),

@@ -3,6 +3,7 @@
 //! Data flows one way: HTTP → [`api`] → [`service`] → [`actors`] → (watcher | [`db`] | [`etcd`] | [`agent_rpc`]).
 
 pub mod actors;
+pub mod agent_rpc;
 pub mod api;
 pub mod app;
 pub mod auth;

@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use crate::{
     actors::{
-        self, AgentActor, AgentSnapshot, GetAgent, GetSnapshot, GetWatcherStatus, ListAgentActors, RegistryActor,
-        WatcherAgentRestart, WatcherAgentStart, WatcherAgentStop,
+        self, AgentActor, AgentSnapshot, GetAgent, GetSnapshot, GetWatcherStatus, ListAgentActors, RecalculateUsage,
+        RegistryActor, SyncAgentRegistry, WatcherAgentRestart, WatcherAgentStart, WatcherAgentStop,
     },
     db::{Db, models::{AgentEventRow, AgentRow}, queries},
     domain::AgentId,
@@ -45,6 +45,23 @@ pub struct WatcherAgentRestartAction {
 }
 /// `WatcherAgent{Start,Stop,Restart}ActionResult`: `data` is the watcher's JSON.
 pub type WatcherCommandActionResult = actors::WatcherCommandResult;
+
+/// `SyncAgentRegistryAction`.
+#[derive(Debug, Clone)]
+pub struct SyncAgentRegistryAction {
+    pub agent_id: AgentId,
+    pub requester: String,
+}
+/// `SyncAgentRegistryActionResult`: the agent's full row and what was sent.
+pub type SyncAgentRegistryActionResult = actors::SyncAgentRegistryResult;
+
+/// `RecalculateUsageAction`.
+#[derive(Debug, Clone)]
+pub struct RecalculateUsageAction {
+    pub requester: String,
+}
+/// `RecalculateUsageActionResult`: the report of the run that answered.
+pub type RecalculateUsageActionResult = actors::RecalculateUsageResult;
 
 /// One agent as `GET /v1/agents` lists it: its row and what its actor last saw.
 #[derive(Debug, Clone, Serialize)]
@@ -117,6 +134,20 @@ impl Supervisor {
     pub async fn watcher_agent_restart(&self, action: WatcherAgentRestartAction) -> Result<WatcherCommandActionResult, Problem> {
         let agent = self.agent(&action.agent_id).await?;
         agent.send(WatcherAgentRestart { requester: action.requester }).timeout(self.command_bound()).await.map_err(mailbox)?
+    }
+
+    pub async fn sync_agent_registry(&self, action: SyncAgentRegistryAction) -> Result<SyncAgentRegistryActionResult, Problem> {
+        let bound = self.settings.rpc_timeout * 2 + ACTOR_SLACK * 2;
+        self.registry
+            .send(SyncAgentRegistry { agent_id: action.agent_id, requester: action.requester })
+            .timeout(bound)
+            .await
+            .map_err(mailbox)?
+    }
+
+    /// Waits for the run that answers (see `actors::recalc` for how requests coalesce).
+    pub async fn recalculate_usage(&self, action: RecalculateUsageAction) -> Result<RecalculateUsageActionResult, Problem> {
+        self.registry.send(RecalculateUsage { requester: action.requester }).await.map_err(mailbox)?
     }
 
     /// Every agent in the database with the supervision state its actor holds (no watcher round trips).

@@ -236,14 +236,26 @@ async fn non_superadmin_is_forbidden_on_admin_routes_but_authenticated_elsewhere
         ("POST", "/v1/agents/i-u/start", None),
         ("POST", "/v1/agents/i-u/stop", None),
         ("POST", "/v1/agents/i-u/restart", None),
+        ("POST", "/resource/recalculate-usage", None),
+        ("POST", "/v1/usage/recalculate", None),
     ] {
         let (status, body) = app.request(method, path, body, Some(&user)).await;
         assert_eq!((status, body["error_code"].as_str()), (403, Some("forbidden")), "{method} {path}: {body}");
         assert!(body["title"].is_string() && body["msg"].as_str().unwrap().contains("superadmin"));
     }
-    // Refused before anything ran: no audit rows.
+    // Sync needs any active keypair (the agent has no kernels, so no RPC is sent).
+    let (status, body) = app.request("POST", "/session/_/sync-agent-registry", Some(json!({"agent": "i-u"})), Some(&user)).await;
+    assert_eq!((status, &body), (200, &json!({})));
+    let (status, body) = app.request("POST", "/v1/agents/i-u/sync", None, Some(&user)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_auth_failed_tuple(app.request("POST", "/v1/agents/i-u/sync", None, None).await, "Authorization header required");
+
+    // The forbidden commands were refused before anything ran: only the two syncs are audited, under the user's key.
     let (status, body) = app.get("/v1/agents/i-u/events").await;
-    assert_eq!((status, &body["events"]), (200, &json!([])));
+    assert_eq!(status, 200);
+    let events = body["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2, "{body}");
+    assert!(events.iter().all(|e| e["action"] == "sync" && e["requester"] == user.access_key.as_str()), "{body}");
 
     // last_used is recorded (best effort, in the background).
     let db = app.db.db.clone();

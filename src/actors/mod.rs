@@ -3,7 +3,9 @@
 //! Messages are plain structs named after the actions of the seed scenarios; results after its results.
 
 mod agent;
+mod recalc;
 mod registry;
+mod sync;
 
 use std::time::Duration;
 
@@ -11,9 +13,11 @@ pub use agent::{
     AgentActor, AgentSnapshot, CommandOutcome, GetSnapshot, GetWatcherStatus, GetWatcherStatusResult, Observation,
     WatcherAgentRestart, WatcherAgentStart, WatcherAgentStop, WatcherCommandResult,
 };
+pub use recalc::{RecalculateUsage, RecalculateUsageResult};
 pub use registry::{GetAgent, ListAgentActors, LoadAgents, RegistryActor};
+pub use sync::{SyncAgentRegistry, SyncAgentRegistryResult};
 
-use crate::{config::WatcherConfig, db::Db, etcd::WatcherDirectory};
+use crate::{agent_rpc::AgentRpc, config::Config, db::Db, etcd::WatcherDirectory};
 
 /// How many finished command outcomes each agent actor keeps in memory.
 pub const OUTCOMES_KEPT: usize = 20;
@@ -26,11 +30,14 @@ pub struct ActorSettings {
     pub queue_capacity: usize,
     /// Zero disables probing.
     pub probe_interval: Duration,
+    pub rpc_timeout: Duration,
 }
 
-impl From<&WatcherConfig> for ActorSettings {
-    fn from(w: &WatcherConfig) -> Self {
+impl From<&Config> for ActorSettings {
+    fn from(c: &Config) -> Self {
+        let w = &c.watcher;
         Self {
+            rpc_timeout: Duration::from_millis(c.agent_rpc.timeout_ms),
             status_timeout: w.status_timeout(),
             command_timeout: w.command_timeout(),
             queue_capacity: w.queue_capacity,
@@ -39,10 +46,12 @@ impl From<&WatcherConfig> for ActorSettings {
     }
 }
 
-/// What every actor needs: the database, the watcher directory, and its settings. Cheap to clone.
+/// What every actor needs: the database, the watcher directory, the agent RPC client, and its settings. Cheap to
+/// clone.
 #[derive(Clone)]
 pub struct Deps {
     pub db: Db,
     pub directory: WatcherDirectory,
+    pub rpc: AgentRpc,
     pub settings: ActorSettings,
 }

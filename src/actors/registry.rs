@@ -15,11 +15,16 @@ use crate::{
 pub struct RegistryActor {
     deps: Deps,
     agents: HashMap<AgentId, Addr<AgentActor>>,
+    recalc: super::recalc::RecalcState,
 }
 
 impl RegistryActor {
     pub fn new(deps: Deps) -> Self {
-        Self { deps, agents: HashMap::new() }
+        Self { deps, agents: HashMap::new(), recalc: Default::default() }
+    }
+
+    pub(super) fn recalc_state(&mut self) -> &mut super::recalc::RecalcState {
+        &mut self.recalc
     }
 
     pub fn deps(&self) -> &Deps {

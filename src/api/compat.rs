@@ -3,10 +3,13 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
-use super::{AppState, Superadmin, params::agent_params};
+use super::{AppState, Authenticated, Superadmin, params::agent_params};
 use crate::{
     error::Problem,
-    service::{GetWatcherStatusAction, WatcherAgentRestartAction, WatcherAgentStartAction, WatcherAgentStopAction},
+    service::{
+        GetWatcherStatusAction, RecalculateUsageAction, SyncAgentRegistryAction, WatcherAgentRestartAction,
+        WatcherAgentStartAction, WatcherAgentStopAction,
+    },
 };
 
 /// The API version the official client negotiates (it reads only `version`).
@@ -45,4 +48,17 @@ pub async fn watcher_restart(who: Superadmin, req: HttpRequest, body: web::Bytes
     let p = agent_params(&body, req.query_string(), false)?;
     let result = state.supervisor.watcher_agent_restart(WatcherAgentRestartAction { agent_id: p.agent_id, requester: who.0.name }).await?;
     Ok(HttpResponse::Ok().json(result.data))
+}
+
+/// `POST /session/_/sync-agent-registry` with `{"agent": id}` → `{}`.
+pub async fn sync_agent_registry(who: Authenticated, req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    let p = agent_params(&body, req.query_string(), false)?;
+    state.supervisor.sync_agent_registry(SyncAgentRegistryAction { agent_id: p.agent_id, requester: who.0.name }).await?;
+    Ok(HttpResponse::Ok().json(json!({})))
+}
+
+/// `POST /resource/recalculate-usage` → `{}`. The official client sends an empty `text/plain` body.
+pub async fn recalculate_usage(who: Superadmin, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    state.supervisor.recalculate_usage(RecalculateUsageAction { requester: who.0.name }).await?;
+    Ok(HttpResponse::Ok().json(json!({})))
 }

@@ -25,22 +25,31 @@ pub struct AppState {
     pub auth: Authenticator,
 }
 
+/// A resource whose other methods answer `405 method_not_allowed` as problem+json.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(problem::method_not_allowed))
+}
+
 /// The route table.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/").get(compat::version).default_service(web::to(problem::method_not_allowed)))
-        .service(web::resource("/manager/announcement").get(compat::announcement).default_service(web::to(problem::method_not_allowed)))
-        .service(web::resource("/resource/watcher").get(compat::watcher_status).default_service(web::to(problem::method_not_allowed)))
-        .service(web::resource("/resource/watcher/agent/start").post(compat::watcher_start).default_service(web::to(problem::method_not_allowed)))
-        .service(web::resource("/resource/watcher/agent/stop").post(compat::watcher_stop).default_service(web::to(problem::method_not_allowed)))
-        .service(web::resource("/resource/watcher/agent/restart").post(compat::watcher_restart).default_service(web::to(problem::method_not_allowed)))
-        .service(web::resource("/healthz").get(v1::healthz).default_service(web::to(problem::method_not_allowed)))
-        .service(web::resource("/v1/whoami").get(v1::whoami).default_service(web::to(problem::method_not_allowed)))
-        .service(web::resource("/v1/agents").get(v1::list_agents).default_service(web::to(problem::method_not_allowed)))
-        .service(web::resource("/v1/agents/{id}/watcher").get(v1::watcher_status).default_service(web::to(problem::method_not_allowed)))
-        .service(web::resource("/v1/agents/{id}/start").post(v1::start).default_service(web::to(problem::method_not_allowed)))
-        .service(web::resource("/v1/agents/{id}/stop").post(v1::stop).default_service(web::to(problem::method_not_allowed)))
-        .service(web::resource("/v1/agents/{id}/restart").post(v1::restart).default_service(web::to(problem::method_not_allowed)))
-        .service(web::resource("/v1/agents/{id}/events").get(v1::events).default_service(web::to(problem::method_not_allowed)))
+    cfg.service(resource("/").get(compat::version))
+        .service(resource("/manager/announcement").get(compat::announcement))
+        .service(resource("/resource/watcher").get(compat::watcher_status))
+        .service(resource("/resource/watcher/agent/start").post(compat::watcher_start))
+        .service(resource("/resource/watcher/agent/stop").post(compat::watcher_stop))
+        .service(resource("/resource/watcher/agent/restart").post(compat::watcher_restart))
+        .service(resource("/session/_/sync-agent-registry").post(compat::sync_agent_registry))
+        .service(resource("/resource/recalculate-usage").post(compat::recalculate_usage))
+        .service(resource("/v1/agents/{id}/sync").post(v1::sync))
+        .service(resource("/v1/usage/recalculate").post(v1::recalculate))
+        .service(resource("/healthz").get(v1::healthz))
+        .service(resource("/v1/whoami").get(v1::whoami))
+        .service(resource("/v1/agents").get(v1::list_agents))
+        .service(resource("/v1/agents/{id}/watcher").get(v1::watcher_status))
+        .service(resource("/v1/agents/{id}/start").post(v1::start))
+        .service(resource("/v1/agents/{id}/stop").post(v1::stop))
+        .service(resource("/v1/agents/{id}/restart").post(v1::restart))
+        .service(resource("/v1/agents/{id}/events").get(v1::events))
         .default_service(web::to(problem::not_found));
 }
 

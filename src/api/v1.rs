@@ -6,7 +6,10 @@ use serde_json::json;
 use super::{AppState, Authenticated, Superadmin, params::{force_from_query, parse_agent_id, query_pairs}};
 use crate::{
     error::Problem,
-    service::{GetWatcherStatusAction, WatcherAgentRestartAction, WatcherAgentStartAction, WatcherAgentStopAction},
+    service::{
+        GetWatcherStatusAction, RecalculateUsageAction, SyncAgentRegistryAction, WatcherAgentRestartAction,
+        WatcherAgentStartAction, WatcherAgentStopAction,
+    },
 };
 
 const DEFAULT_EVENTS: i64 = 50;
@@ -76,4 +79,19 @@ pub async fn events(_who: Superadmin, req: HttpRequest, path: web::Path<String>,
     let agent_id = parse_agent_id("agent_id", &path)?;
     let events = state.supervisor.agent_events(&agent_id, limit).await?;
     Ok(HttpResponse::Ok().json(json!({"agent_id": agent_id, "events": events})))
+}
+
+/// `POST /v1/agents/{id}/sync` → the agent's row, how many kernels were sent, and warnings.
+pub async fn sync(who: Authenticated, req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    query_pairs(req.query_string(), &[])?;
+    let agent_id = parse_agent_id("agent_id", &path)?;
+    let r = state.supervisor.sync_agent_registry(SyncAgentRegistryAction { agent_id, requester: who.0.name }).await?;
+    Ok(HttpResponse::Ok().json(r))
+}
+
+/// `POST /v1/usage/recalculate` → the report.
+pub async fn recalculate(who: Superadmin, req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    query_pairs(req.query_string(), &[])?;
+    let r = state.supervisor.recalculate_usage(RecalculateUsageAction { requester: who.0.name }).await?;
+    Ok(HttpResponse::Ok().json(r))
 }

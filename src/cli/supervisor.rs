@@ -35,6 +35,19 @@ pub enum Command {
     /// Manage the API keypairs that sign admin requests.
     #[command(subcommand)]
     Keypair(KeypairCommand),
+    /// Run a stand-in agent: a Callosum RPC server that keeps a kernel registry and answers
+    /// `sync_kernel_registry` as a Backend.AI agent does (for the dev stack and tests).
+    StandinAgent {
+        /// HOST:PORT for the RPC server (ZeroMQ ROUTER).
+        #[arg(long, default_value = "127.0.0.1:6001")]
+        rpc_listen: String,
+        /// The agent id it answers to.
+        #[arg(long)]
+        agent_id: String,
+        /// Initial registry entries, KERNEL_ID:SESSION_ID (repeatable).
+        #[arg(long = "kernel", value_parser = parse_pair)]
+        kernels: Vec<(uuid::Uuid, uuid::Uuid)>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,6 +106,18 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::StandinAgent { rpc_listen, agent_id, kernels } = &cli.command {
+        crate::telemetry::init(config.log.format, &config.log.level);
+        let mut cfg = crate::agent_rpc::StandinConfig::new(rpc_listen.clone(), agent_id.clone());
+        cfg.kernels = kernels.clone();
+        return match crate::agent_rpc::StandinAgent::run_forever(cfg) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("agent-supervisor standin-agent: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Command::Serve = cli.command {
         crate::telemetry::init(config.log.format, &config.log.level);
         return match crate::app::serve(config) {
@@ -114,7 +139,7 @@ pub fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Migrate { revert_all } => migrate(&config, revert_all).await.map_err(|e| e.to_string()),
-            Command::Serve => Ok(()),
+            Command::Serve | Command::StandinAgent { .. } => Ok(()),
             Command::CheckConfig => {
                 println!("{config:#?}");
                 Ok(())
@@ -142,6 +167,13 @@ async fn migrate(config: &Config, revert_all: bool) -> Result<(), db::DbError> {
         println!("{verb} {v}");
     }
     Ok(())
+}
+
+fn parse_pair(raw: &str) -> Result<(uuid::Uuid, uuid::Uuid), String> {
+    let (k, s) = raw.split_once(':').ok_or_else(|| format!("{raw:?} is not KERNEL_ID:SESSION_ID"))?;
+    let k = k.parse().map_err(|e| format!("kernel id {k:?}: {e}"))?;
+    let s = s.parse().map_err(|e| format!("session id {s:?}: {e}"))?;
+    Ok((k, s))
 }
 
 async fn keypair(config: &Config, cmd: KeypairCommand) -> Result<(), KeypairError> {

@@ -5,6 +5,7 @@
 pub mod keypairs;
 pub mod models;
 pub mod queries;
+pub mod recalc;
 pub mod schema;
 mod sql_types;
 

@@ -93,3 +93,25 @@ pub async fn mark_open_events_interrupted(conn: &mut AsyncPgConnection) -> Resul
         .await
         .map_err(query_error)
 }
+
+/// A kernel as sync sends it.
+#[derive(Debug, Clone, PartialEq, Queryable)]
+pub struct SyncKernel {
+    pub id: uuid::Uuid,
+    pub session_id: uuid::Uuid,
+    pub agent_addr: Option<String>,
+}
+
+/// The agent's kernels in a resource-occupying status (all but PENDING, TERMINATED, CANCELLED), as Backend.AI's
+/// `sync_agent_kernel_registry` reads them.
+pub async fn occupying_kernels(conn: &mut AsyncPgConnection, agent_id: &str) -> Result<Vec<SyncKernel>, DbError> {
+    let statuses: Vec<KernelStatus> = KernelStatus::occupying().collect();
+    kernels::table
+        .filter(kernels::agent.eq(agent_id))
+        .filter(kernels::status.eq_any(statuses))
+        .order((kernels::session_id, kernels::id))
+        .select((kernels::id, kernels::session_id, kernels::agent_addr))
+        .load(conn)
+        .await
+        .map_err(query_error)
+}

@@ -1,0 +1,88 @@
+//! `RecalculateUsage` (seed 6.x), handled by the registry actor. Runs never overlap, and concurrent requests
+//! coalesce: a request that arrives while a run is in progress waits for the *next* run, which starts after it
+//! arrived, so its answer always reflects every change committed before it was asked. All requests that arrive
+//! during one run share that next run; N concurrent requests cause at most two runs.
+
+use actix::prelude::*;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use super::RegistryActor;
+use crate::{
+    db::recalc::{self, RecalcOptions, RecalcReport},
+    error::Problem,
+};
+
+/// Recompute every agent's occupied slots and each access key's concurrency (seed: `RecalculateUsageAction`).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<RecalculateUsageResult, Problem>")]
+pub struct RecalculateUsage {
+    pub requester: String,
+}
+
+/// `RecalculateUsageActionResult`: which run answered, and its report.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecalculateUsageResult {
+    /// Sequence number of the run since the daemon started.
+    pub run: u64,
+    #[serde(flatten)]
+    pub report: RecalcReport,
+}
+
+type Waiter = oneshot::Sender<Result<RecalculateUsageResult, Problem>>;
+
+/// The coalescing state the registry keeps.
+#[derive(Default)]
+pub struct RecalcState {
+    running: bool,
+    runs: u64,
+    current: Vec<Waiter>,
+    next: Vec<Waiter>,
+}
+
+impl RegistryActor {
+    fn start_recalc(&mut self, ctx: &mut Context<Self>) {
+        let state = self.recalc_state();
+        state.running = true;
+        state.runs += 1;
+        let run = state.runs;
+        let db = self.deps().db.clone();
+        let fut = async move { recalc::recalculate_usage(&db, &RecalcOptions::default()).await };
+        let fut = tracing::Instrument::instrument(fut, tracing::info_span!("recalculate_usage", run));
+        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
+            let result = result.map(|report| RecalculateUsageResult { run, report }).map_err(Problem::from);
+            match &result {
+                Ok(r) => tracing::info!(run, updated = r.report.agents_updated.len(), reset = r.report.agents_reset.len(), skipped = r.report.agents_skipped.len(), attempts = r.report.attempts, elapsed_ms = r.report.elapsed_ms, "usage recalculated"),
+                Err(e) => tracing::warn!(run, error = %e, "usage recalculation failed"),
+            }
+            let state = act.recalc_state();
+            for waiter in state.current.drain(..) {
+                let _ = waiter.send(result.clone());
+            }
+            state.running = false;
+            if !state.next.is_empty() {
+                state.current = std::mem::take(&mut state.next);
+                act.start_recalc(ctx);
+            }
+        }));
+    }
+}
+
+impl Handler<RecalculateUsage> for RegistryActor {
+    type Result = ResponseFuture<Result<RecalculateUsageResult, Problem>>;
+
+    fn handle(&mut self, msg: RecalculateUsage, ctx: &mut Self::Context) -> Self::Result {
+        tracing::info!(requester = %msg.requester, "usage recalculation requested");
+        let (tx, rx) = oneshot::channel();
+        let state = self.recalc_state();
+        if state.running {
+            state.next.push(tx);
+        } else {
+            state.current.push(tx);
+            self.start_recalc(ctx);
+        }
+        Box::pin(async move {
+            rx.await.unwrap_or_else(|_| Err(Problem::new(crate::error::ErrorCode::ShuttingDown, "the recalculation was dropped")))
+        })
+    }
+}
