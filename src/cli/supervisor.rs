@@ -238,7 +238,7 @@ async fn keypair(config: &Config, cmd: KeypairCommand) -> Result<(), KeypairErro
             if json {
                 println!("{}", serde_json::Value::Array(listed));
             } else {
-                println!("{:<20}  {:<8}  {:<10}  {:<25}  {}", "ACCESS KEY", "ACTIVE", "SUPERADMIN", "LAST USED", "USER");
+                println!("{:<20}  {:<8}  {:<10}  {:<25}  USER", "ACCESS KEY", "ACTIVE", "SUPERADMIN", "LAST USED");
                 for r in &rows {
                     let last = r.last_used.map_or_else(|| "never".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string());
                     println!(

@@ -5,6 +5,7 @@
 //! every request with it the way the official client does. For other callers: `add_keypair(superadmin, active)`,
 //! `request(method, path, body, Some(&creds) | None)` (None = unsigned), and `signed(method, path, content_type,
 //! &creds)` for an `awc` request carrying the signed headers, to tamper with before sending.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{net::TcpListener, time::Duration};
 
