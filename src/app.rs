@@ -10,6 +10,7 @@ use crate::{
     agent_rpc::AgentRpc,
     actors::{ActorSettings, Deps, LoadAgents, RegistryActor},
     api::{self, AppState},
+    auth::Authenticator,
     config::Config,
     db::{self, Db, queries},
     etcd::{Etcd, WatcherDirectory},
@@ -89,8 +90,9 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
         Ok(Err(e)) => tracing::warn!(error = %e, "agents not loaded at start-up; actors are created on first use"),
         Err(e) => tracing::warn!(error = %e, "registry did not answer"),
     }
+    let auth = Authenticator::new(db.clone(), config.api.clock_skew_s);
     let supervisor = Supervisor::new(registry, db, directory.clone(), settings);
-    let state = AppState { supervisor: supervisor.clone(), metrics, metrics_token: config.metrics.token.clone() };
+    let state = AppState { supervisor: supervisor.clone(), metrics, metrics_token: config.metrics.token.clone(), auth };
 
     let addr = listener.local_addr()?;
     let max_body = config.api.max_body_bytes;

@@ -6,6 +6,7 @@ pub mod actors;
 pub mod agent_rpc;
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod db;

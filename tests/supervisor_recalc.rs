@@ -73,10 +73,8 @@ async fn concurrent_requests_coalesce_into_at_most_two_runs_and_all_are_answered
     let first_run = app.post("/v1/usage/recalculate", None).await.1["run"].as_u64().unwrap();
     let mut pending = Vec::new();
     for _ in 0..8 {
-        let url = app.url.clone();
-        pending.push(actix_rt::spawn(async move {
-            common::supervisor::send(awc::Client::new().post(format!("{url}/v1/usage/recalculate")), None).await
-        }));
+        let req = app.signed("POST", "/v1/usage/recalculate", "text/plain", &app.admin);
+        pending.push(actix_rt::spawn(async move { common::supervisor::send(req, None).await }));
     }
     let mut runs = std::collections::BTreeSet::new();
     for p in pending {

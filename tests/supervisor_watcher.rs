@@ -283,7 +283,7 @@ async fn commands_are_audited_with_requester_times_and_outcome() {
     assert_eq!((events[0]["action"].as_str(), events[0]["outcome"].as_str(), events[0]["http_status"].as_i64()), (Some("start"), Some("rejected"), Some(409)));
     assert_eq!((events[1]["action"].as_str(), events[1]["outcome"].as_str(), events[1]["http_status"].as_i64()), (Some("restart"), Some("succeeded"), Some(200)));
     for e in events {
-        assert_eq!(e["requester"], "anonymous");
+        assert_eq!(e["requester"], app.admin.access_key.as_str(), "the verified access key is audited");
         assert!(e["requested_at"].is_string() && e["started_at"].is_string() && e["finished_at"].is_string());
     }
     let (status, list) = app.get("/v1/agents").await;

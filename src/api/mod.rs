@@ -1,6 +1,7 @@
 //! The admin HTTP API: Backend.AI-compatible routes (so the official client works unchanged) and our own `/v1`.
 //! Handlers are thin: extract, authorise, send to the service, map the result. The route table is [`routes`].
 
+pub mod auth;
 mod compat;
 pub mod health;
 pub mod params;
@@ -10,9 +11,11 @@ mod v1;
 
 use actix_web::web;
 
+pub use auth::{Authenticated, Superadmin};
+pub use compat::API_VERSION as COMPAT_API_VERSION;
 pub use requester::Requester;
 
-use crate::{config::Secret, service::Supervisor, telemetry::metrics::Metrics};
+use crate::{auth::Authenticator, config::Secret, service::Supervisor, telemetry::metrics::Metrics};
 
 /// Shared by every handler.
 #[derive(Clone)]
@@ -21,6 +24,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Bearer token that unlocks `/metrics` on the API address; `None` keeps it off there.
     pub metrics_token: Option<Secret>,
+    /// Verifies signed requests (see [`auth`]).
+    pub auth: Authenticator,
 }
 
 /// A resource whose other methods answer `405 method_not_allowed` as problem+json.
@@ -43,6 +48,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/healthz").get(health::healthz))
         .service(resource("/readyz").get(health::readyz))
         .service(resource("/metrics").get(health::metrics))
+        .service(resource("/v1/whoami").get(v1::whoami))
         .service(resource("/v1/agents").get(v1::list_agents))
         .service(resource("/v1/agents/{id}/watcher").get(v1::watcher_status))
         .service(resource("/v1/agents/{id}/start").post(v1::start))

@@ -3,7 +3,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
-use super::{AppState, Requester, params::{force_from_query, parse_agent_id, query_pairs}};
+use super::{AppState, Authenticated, Superadmin, params::{force_from_query, parse_agent_id, query_pairs}};
 use crate::{
     error::Problem,
     service::{
@@ -15,14 +15,19 @@ use crate::{
 const DEFAULT_EVENTS: i64 = 50;
 const MAX_EVENTS: i64 = 1000;
 
-pub async fn list_agents(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+/// The verified caller: lets a client check its credentials (any active keypair).
+pub async fn whoami(who: Authenticated) -> HttpResponse {
+    HttpResponse::Ok().json(json!({"access_key": who.name, "is_superadmin": who.is_superadmin}))
+}
+
+pub async fn list_agents(_who: Superadmin, req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     let pairs = query_pairs(req.query_string(), &["scaling_group"])?;
     let sg = pairs.iter().find(|(k, _)| k == "scaling_group").map(|(_, v)| v.as_str());
     let agents = state.supervisor.list_agents(sg).await?;
     Ok(HttpResponse::Ok().json(json!({ "agents": agents })))
 }
 
-pub async fn watcher_status(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+pub async fn watcher_status(_who: Superadmin, req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     query_pairs(req.query_string(), &[])?;
     let agent_id = parse_agent_id("agent_id", &path)?;
     let r = state.supervisor.get_watcher_status(GetWatcherStatusAction { agent_id }).await?;
@@ -39,25 +44,25 @@ fn command_reply(r: crate::service::WatcherCommandActionResult) -> HttpResponse 
     }))
 }
 
-pub async fn start(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>, who: Requester) -> Result<HttpResponse, Problem> {
+pub async fn start(who: Superadmin, req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     query_pairs(req.query_string(), &[])?;
     let agent_id = parse_agent_id("agent_id", &path)?;
-    Ok(command_reply(state.supervisor.watcher_agent_start(WatcherAgentStartAction { agent_id, requester: who.name }).await?))
+    Ok(command_reply(state.supervisor.watcher_agent_start(WatcherAgentStartAction { agent_id, requester: who.0.name }).await?))
 }
 
-pub async fn stop(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>, who: Requester) -> Result<HttpResponse, Problem> {
+pub async fn stop(who: Superadmin, req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     let force = force_from_query(req.query_string())?;
     let agent_id = parse_agent_id("agent_id", &path)?;
-    Ok(command_reply(state.supervisor.watcher_agent_stop(WatcherAgentStopAction { agent_id, force, requester: who.name }).await?))
+    Ok(command_reply(state.supervisor.watcher_agent_stop(WatcherAgentStopAction { agent_id, force, requester: who.0.name }).await?))
 }
 
-pub async fn restart(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>, who: Requester) -> Result<HttpResponse, Problem> {
+pub async fn restart(who: Superadmin, req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     query_pairs(req.query_string(), &[])?;
     let agent_id = parse_agent_id("agent_id", &path)?;
-    Ok(command_reply(state.supervisor.watcher_agent_restart(WatcherAgentRestartAction { agent_id, requester: who.name }).await?))
+    Ok(command_reply(state.supervisor.watcher_agent_restart(WatcherAgentRestartAction { agent_id, requester: who.0.name }).await?))
 }
 
-pub async fn events(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+pub async fn events(_who: Superadmin, req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     let pairs = query_pairs(req.query_string(), &["limit"])?;
     let limit = match pairs.iter().find(|(k, _)| k == "limit") {
         Some((_, v)) => v
@@ -73,16 +78,16 @@ pub async fn events(req: HttpRequest, path: web::Path<String>, state: web::Data<
 }
 
 /// `POST /v1/agents/{id}/sync` → the agent's row, how many kernels were sent, and warnings.
-pub async fn sync(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>, who: Requester) -> Result<HttpResponse, Problem> {
+pub async fn sync(who: Authenticated, req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     query_pairs(req.query_string(), &[])?;
     let agent_id = parse_agent_id("agent_id", &path)?;
-    let r = state.supervisor.sync_agent_registry(SyncAgentRegistryAction { agent_id, requester: who.name }).await?;
+    let r = state.supervisor.sync_agent_registry(SyncAgentRegistryAction { agent_id, requester: who.0.name }).await?;
     Ok(HttpResponse::Ok().json(r))
 }
 
 /// `POST /v1/usage/recalculate` → the report.
-pub async fn recalculate(req: HttpRequest, state: web::Data<AppState>, who: Requester) -> Result<HttpResponse, Problem> {
+pub async fn recalculate(who: Superadmin, req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     query_pairs(req.query_string(), &[])?;
-    let r = state.supervisor.recalculate_usage(RecalculateUsageAction { requester: who.name }).await?;
+    let r = state.supervisor.recalculate_usage(RecalculateUsageAction { requester: who.0.name }).await?;
     Ok(HttpResponse::Ok().json(r))
 }

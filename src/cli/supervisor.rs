@@ -1,10 +1,14 @@
-//! `agent-supervisor serve | migrate | check-config`.
+//! `agent-supervisor serve | migrate | check-config | keypair create|list|deactivate`.
 
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
-use crate::{config::Config, db};
+use crate::{
+    auth::keys::generate_keypair,
+    config::Config,
+    db::{self, Db, keypairs, models::KeypairRow},
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "agent-supervisor", version, about = "Supervises the agents of a Backend.AI-style cluster")]
@@ -28,6 +32,9 @@ pub enum Command {
     },
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig,
+    /// Manage the API keypairs that sign admin requests.
+    #[command(subcommand)]
+    Keypair(KeypairCommand),
     /// Run a stand-in agent: a Callosum RPC server that keeps a kernel registry and answers
     /// `sync_kernel_registry` as a Backend.AI agent does (for the dev stack and tests).
     StandinAgent {
@@ -41,6 +48,53 @@ pub enum Command {
         #[arg(long = "kernel", value_parser = parse_pair)]
         kernels: Vec<(uuid::Uuid, uuid::Uuid)>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeypairCommand {
+    /// Create a keypair and print its access key and secret key (the secret is shown only this once).
+    Create {
+        /// Allow the watcher, listing, audit and recalculation routes.
+        #[arg(long)]
+        superadmin: bool,
+        /// Owner recorded with the keypair.
+        #[arg(long)]
+        user_id: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// Print a JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keypairs (never their secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deactivate a keypair: requests signed with it are refused within seconds.
+    Deactivate { access_key: String },
+}
+
+/// Why a keypair command failed.
+#[derive(Debug, thiserror::Error)]
+enum KeypairError {
+    #[error("cannot reach the database: {0}")]
+    Unreachable(String),
+    #[error("{0} (has the database been migrated? run `agent-supervisor migrate`)")]
+    Db(db::DbError),
+    #[error("no keypair with access key {0}")]
+    NotFound(String),
+    #[error("invalid value for --{0}: {1}")]
+    Invalid(&'static str, &'static str),
+}
+
+impl From<db::DbError> for KeypairError {
+    fn from(e: db::DbError) -> Self {
+        match e {
+            db::DbError::Unavailable(m) => KeypairError::Unreachable(m),
+            other => KeypairError::Db(other),
+        }
+    }
 }
 
 pub fn main() -> ExitCode {
@@ -84,12 +138,13 @@ pub fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Migrate { revert_all } => migrate(&config, revert_all).await,
+            Command::Migrate { revert_all } => migrate(&config, revert_all).await.map_err(|e| e.to_string()),
             Command::Serve | Command::StandinAgent { .. } => Ok(()),
             Command::CheckConfig => {
                 println!("{config:#?}");
                 Ok(())
             }
+            Command::Keypair(cmd) => keypair(&config, cmd).await.map_err(|e| e.to_string()),
         }
     });
     match result {
@@ -119,4 +174,92 @@ fn parse_pair(raw: &str) -> Result<(uuid::Uuid, uuid::Uuid), String> {
     let k = k.parse().map_err(|e| format!("kernel id {k:?}: {e}"))?;
     let s = s.parse().map_err(|e| format!("session id {s:?}: {e}"))?;
     Ok((k, s))
+}
+
+async fn keypair(config: &Config, cmd: KeypairCommand) -> Result<(), KeypairError> {
+    let pool = Db::new(&config.database)?;
+    let mut conn = pool.conn().await?;
+    match cmd {
+        KeypairCommand::Create { superadmin, user_id, description, json } => {
+            if user_id.as_ref().is_some_and(|u| u.len() > 256) {
+                return Err(KeypairError::Invalid("user-id", "at most 256 characters"));
+            }
+            if description.as_ref().is_some_and(|d| d.len() > 512) {
+                return Err(KeypairError::Invalid("description", "at most 512 characters"));
+            }
+            if config.database.run_migrations {
+                db::run_migrations(config.database.url.expose()).await?;
+            }
+            let key = generate_keypair();
+            let row = KeypairRow {
+                access_key: key.access_key.clone(),
+                secret_key: key.secret_key.expose().to_owned(),
+                user_id,
+                is_active: true,
+                is_superadmin: superadmin,
+                description,
+                created_at: chrono::Utc::now(),
+                last_used: None,
+            };
+            keypairs::insert_keypair(&mut conn, &row).await?;
+            if json {
+                let doc = serde_json::json!({
+                    "access_key": row.access_key,
+                    "secret_key": row.secret_key,
+                    "is_superadmin": row.is_superadmin,
+                    "user_id": row.user_id,
+                    "description": row.description,
+                });
+                println!("{doc}");
+            } else {
+                let kind = if superadmin { "superadmin keypair" } else { "keypair" };
+                println!("Created a {kind}. The secret key is shown only this once; store it now.");
+                println!();
+                println!("export BACKEND_ACCESS_KEY={}", row.access_key);
+                println!("export BACKEND_SECRET_KEY={}", row.secret_key);
+            }
+        }
+        KeypairCommand::List { json } => {
+            let rows = keypairs::list_keypairs(&mut conn).await?;
+            let listed: Vec<_> = rows
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "access_key": r.access_key,
+                        "is_active": r.is_active,
+                        "is_superadmin": r.is_superadmin,
+                        "user_id": r.user_id,
+                        "description": r.description,
+                        "created_at": r.created_at,
+                        "last_used": r.last_used,
+                    })
+                })
+                .collect();
+            if json {
+                println!("{}", serde_json::Value::Array(listed));
+            } else {
+                println!("{:<20}  {:<8}  {:<10}  {:<25}  USER", "ACCESS KEY", "ACTIVE", "SUPERADMIN", "LAST USED");
+                for r in &rows {
+                    let last = r.last_used.map_or_else(|| "never".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string());
+                    println!(
+                        "{:<20}  {:<8}  {:<10}  {:<25}  {}",
+                        r.access_key,
+                        if r.is_active { "yes" } else { "no" },
+                        if r.is_superadmin { "yes" } else { "no" },
+                        last,
+                        r.user_id.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+        }
+        KeypairCommand::Deactivate { access_key } => {
+            if !keypairs::deactivate_keypair(&mut conn, &access_key).await? {
+                return Err(KeypairError::NotFound(access_key));
+            }
+            println!("deactivated {access_key}");
+        }
+    }
+    drop(conn);
+    pool.close();
+    Ok(())
 }

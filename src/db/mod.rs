@@ -2,6 +2,7 @@
 //!
 //! Query functions take a `&mut AsyncPgConnection` so that callers can compose them inside one transaction.
 
+pub mod keypairs;
 pub mod models;
 pub mod queries;
 pub mod recalc;
@@ -56,7 +57,10 @@ impl DbError {
     /// A query error that says the connection itself is gone counts as the database being unavailable.
     fn classify(e: diesel::result::Error) -> Self {
         match &e {
-            diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::ClosedConnection, _) => {
+            diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::ClosedConnection | diesel::result::DatabaseErrorKind::UnableToSendCommand,
+                _,
+            ) => {
                 DbError::Unavailable(e.to_string())
             }
             diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::Unknown, info)

@@ -1,11 +1,20 @@
 //! A real supervisor for end-to-end tests: the same `app::start` as `agent-supervisor serve`, on 127.0.0.1:0, with
 //! a database and an etcd namespace of its own, and short timeouts.
+//!
+//! The daemon's database gets a superadmin keypair at spawn (`app.admin`), and `get`, `get_with_body` and `post` sign
+//! every request with it the way the official client does. For other callers: `add_keypair(superadmin, active)`,
+//! `request(method, path, body, Some(&creds) | None)` (None = unsigned), and `signed(method, path, content_type,
+//! &creds)` for an `awc` request carrying the signed headers, to tamper with before sending.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{net::TcpListener, time::Duration};
 
 use agent_supervisor::{
+    api::COMPAT_API_VERSION,
     app::{self, Handles},
-    config::{Config, Secret},
+    auth::{keys::generate_keypair, signing},
+    config::{Config, DatabaseConfig, Secret},
+    db::{Db, keypairs, models::KeypairRow},
 };
 use diesel_async::RunQueryDsl;
 use serde_json::Value;
@@ -14,8 +23,38 @@ use super::{TestDb, TestEtcd};
 
 pub const TOKEN: &str = "test-watcher-token";
 
+/// An access key and its secret key.
+#[derive(Debug, Clone)]
+pub struct Creds {
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+/// Inserts a keypair into the database `db` points at.
+pub async fn create_keypair(db: &DatabaseConfig, superadmin: bool, active: bool) -> Creds {
+    let key = generate_keypair();
+    let row = KeypairRow {
+        access_key: key.access_key.clone(),
+        secret_key: key.secret_key.expose().to_owned(),
+        user_id: Some(if superadmin { "admin@test" } else { "user@test" }.into()),
+        is_active: active,
+        is_superadmin: superadmin,
+        description: Some("created by the test harness".into()),
+        created_at: chrono::Utc::now(),
+        last_used: None,
+    };
+    let pool = Db::new(db).unwrap();
+    keypairs::insert_keypair(&mut pool.conn().await.unwrap(), &row).await.unwrap();
+    pool.close();
+    Creds { access_key: key.access_key, secret_key: key.secret_key.expose().to_owned() }
+}
+
 pub struct TestApp {
     pub url: String,
+    /// `127.0.0.1:PORT`, the `Host` header clients send and sign.
+    pub host: String,
+    /// A superadmin keypair; `get`, `get_with_body` and `post` sign with it.
+    pub admin: Creds,
     pub db: TestDb,
     pub etcd: TestEtcd,
     pub running: Handles,
@@ -47,11 +86,13 @@ impl TestApp {
         let etcd = TestEtcd::new();
         let mut config = test_config(&db, &etcd);
         tweak(&mut config);
+        let admin = create_keypair(&config.database, true, true).await;
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let (server, running) = app::start(&config, listener).await.unwrap().split();
         let url = format!("http://{}", running.addr);
+        let host = running.addr.to_string();
         actix_rt::spawn(server);
-        Self { url, db, etcd, running, config }
+        Self { url, host, admin, db, etcd, running, config }
     }
 
     pub async fn sql(&self, sql: &str) {
@@ -97,22 +138,58 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        send(awc::Client::new().get(format!("{}{path}", self.url)), None).await
+        self.request("GET", path, None, Some(&self.admin)).await
     }
 
     pub async fn get_with_body(&self, path: &str, body: Value) -> (u16, Value) {
-        send(awc::Client::new().get(format!("{}{path}", self.url)), Some(body)).await
+        self.request("GET", path, Some(body), Some(&self.admin)).await
     }
 
     pub async fn post(&self, path: &str, body: Option<Value>) -> (u16, Value) {
-        send(awc::Client::new().post(format!("{}{path}", self.url)), body).await
+        self.request("POST", path, body, Some(&self.admin)).await
+    }
+
+    /// A keypair in the daemon's database.
+    pub async fn add_keypair(&self, superadmin: bool, active: bool) -> Creds {
+        create_keypair(&self.config.database, superadmin, active).await
+    }
+
+    /// Signed with `creds` (JSON bodies as `application/json`, none as `text/plain`, like the official client), or
+    /// unsigned with `None`.
+    pub async fn request(&self, method: &str, path: &str, body: Option<Value>, creds: Option<&Creds>) -> (u16, Value) {
+        let content_type = if body.is_some() { "application/json" } else { "text/plain" };
+        let req = match creds {
+            Some(c) => self.signed(method, path, content_type, c),
+            None => self.unsigned(method, path).insert_header(("Content-Type", content_type)),
+        };
+        send(req, body).await
+    }
+
+    pub fn unsigned(&self, method: &str, path: &str) -> awc::ClientRequest {
+        let method = awc::http::Method::from_bytes(method.as_bytes()).unwrap();
+        awc::Client::new().request(method, format!("{}{path}", self.url))
+    }
+
+    /// A request with `Content-Type`, `X-BackendAI-Version`, `Date` and `Authorization` set, signed now.
+    pub fn signed(&self, method: &str, path: &str, content_type: &str, creds: &Creds) -> awc::ClientRequest {
+        self.signed_at(method, path, content_type, creds, chrono::Utc::now())
+    }
+
+    pub fn signed_at(&self, method: &str, path: &str, content_type: &str, creds: &Creds, now: chrono::DateTime<chrono::Utc>) -> awc::ClientRequest {
+        let out = signing::OutgoingRequest { method, rel_url: path, host: &self.host, content_type, api_version: COMPAT_API_VERSION };
+        let h = signing::sign_request(&creds.access_key, &creds.secret_key, &out, now);
+        self.unsigned(method, path)
+            .insert_header(("Content-Type", content_type))
+            .insert_header(("X-BackendAI-Version", COMPAT_API_VERSION))
+            .insert_header(("Date", h.date))
+            .insert_header(("Authorization", h.authorization))
     }
 }
 
 pub async fn send(req: awc::ClientRequest, body: Option<Value>) -> (u16, Value) {
     let req = req.timeout(Duration::from_secs(60));
     let mut resp = match body {
-        Some(b) => req.send_json(&b).await.unwrap(),
+        Some(b) => req.send_body(serde_json::to_vec(&b).unwrap()).await.unwrap(),
         None => req.send().await.unwrap(),
     };
     let status = resp.status().as_u16();
