@@ -1,4 +1,4 @@
-//! `agent-supervisor serve | migrate | check-config`.
+//! `agent-supervisor serve | migrate | check-config | dev | standin-agent`.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -28,6 +28,8 @@ pub enum Command {
     },
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig,
+    /// Run a whole local cluster: private PostgreSQL and etcd, agents under real agent-watchers, and the daemon.
+    Dev(super::dev::DevArgs),
     /// Run a stand-in agent: a Callosum RPC server that keeps a kernel registry and answers
     /// `sync_kernel_registry` as a Backend.AI agent does (for the dev stack and tests).
     StandinAgent {
@@ -52,6 +54,9 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::Dev(args) = cli.command {
+        return super::dev::main(args, config);
+    }
     if let Command::StandinAgent { rpc_listen, agent_id, kernels } = &cli.command {
         crate::telemetry::init(config.log.format, &config.log.level);
         let mut cfg = crate::agent_rpc::StandinConfig::new(rpc_listen.clone(), agent_id.clone());
@@ -85,7 +90,7 @@ pub fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Migrate { revert_all } => migrate(&config, revert_all).await,
-            Command::Serve | Command::StandinAgent { .. } => Ok(()),
+            Command::Serve | Command::StandinAgent { .. } | Command::Dev(_) => Ok(()),
             Command::CheckConfig => {
                 println!("{config:#?}");
                 Ok(())
