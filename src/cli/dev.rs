@@ -651,13 +651,9 @@ async fn wait_etcd(etcd: &mut Owned, port: u16, log: &Path, shutdown: &Shutdown)
         if let Ok(Some(status)) = etcd.child.try_wait() {
             return Err(failed(format!("starting etcd on 127.0.0.1:{port}"), format!("it exited ({status}); {}", tail(log))));
         }
-        if let Ok(mut resp) = client.get(format!("http://127.0.0.1:{port}/health")).send().await {
-            // etcd answers with text/plain, which awc's `json()` refuses.
-            if let Ok(body) = resp.body().await.map(|b| serde_json::from_slice::<serde_json::Value>(&b).unwrap_or_default()) {
-                if body.get("health").and_then(|h| h.as_str()) == Some("true") {
-                    return Ok(());
-                }
-            }
+        let health = get_json(client.get(format!("http://127.0.0.1:{port}/health"))).await;
+        if health.as_ref().and_then(|b| b.get("health")).and_then(|h| h.as_str()) == Some("true") {
+            return Ok(());
         }
         if Instant::now() >= deadline {
             return Err(failed(
@@ -667,6 +663,13 @@ async fn wait_etcd(etcd: &mut Owned, port: u16, log: &Path, shutdown: &Shutdown)
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The JSON body of a GET, whatever its content type (etcd's `/health` says text/plain, which `json()` refuses).
+async fn get_json(req: awc::ClientRequest) -> Option<serde_json::Value> {
+    let mut resp = req.send().await.ok()?;
+    let body = resp.body().await.ok()?;
+    serde_json::from_slice(&body).ok()
 }
 
 /// Two free ports per agent (watcher HTTP, agent RPC), held together while choosing so none repeats.
@@ -716,7 +719,8 @@ fn watcher_spawn(tools: &Tools, layout: &Layout, agent: &DevAgent, kernels: &[(U
     for (kernel, session) in kernels {
         cmd.arg("--kernel").arg(format!("{kernel}:{session}"));
     }
-    cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+    // The agents' output goes to a file: no colour codes in it.
+    cmd.env("NO_COLOR", "1").stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
     // Unset so the stand-in's configuration is the defaults whatever this shell exports.
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with(crate::config::ENV_PREFIX) {
@@ -740,13 +744,11 @@ async fn wait_watcher(owned: &mut Owned, agent: &DevAgent, token: &Secret, log: 
         if let Ok(Some(status)) = owned.child.try_wait() {
             return Err(failed(what, format!("it exited ({status}); {}", tail(log))));
         }
-        if let Ok(mut resp) = client.get(&url).insert_header(("X-BackendAI-Watcher-Token", token.expose())).send().await {
-            if let Ok(body) = resp.body().await.map(|b| serde_json::from_slice::<serde_json::Value>(&b).unwrap_or_default()) {
-                if body.get("agent-status").and_then(|s| s.as_str()) == Some("active") {
-                    return Ok(());
-                }
-                last = body.to_string();
+        if let Some(body) = get_json(client.get(&url).insert_header(("X-BackendAI-Watcher-Token", token.expose()))).await {
+            if body.get("agent-status").and_then(|s| s.as_str()) == Some("active") {
+                return Ok(());
             }
+            last = body.to_string();
         }
         if Instant::now() >= deadline {
             let agent_log = log.with_file_name(format!("agent-{}.log", agent.id));
