@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use actix_web::dev::{Server, ServerHandle};
+use actix_web::dev::Server;
 use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, upsert::excluded};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use rand::{Rng, rngs::OsRng};
@@ -326,7 +326,7 @@ async fn run(args: DevArgs, base: Config) -> Result<(), DevError> {
     let mut stack = Stack::default();
     let result = bring_up(&args, base, &tools, &layout, listener, &mut stack, shutdown.clone()).await;
     let result = match result {
-        Ok((server, handle)) => serve_until_signal(server, handle, shutdown).await,
+        Ok((server, handles)) => serve_until_signal(server, handles, shutdown).await,
         Err(DevError::Interrupted) => Ok(()),
         Err(e) => Err(e),
     };
@@ -338,18 +338,20 @@ async fn run(args: DevArgs, base: Config) -> Result<(), DevError> {
 }
 
 /// Runs the daemon until a signal, then stops it and lets in-flight requests finish.
-async fn serve_until_signal(server: Server, handle: ServerHandle, mut shutdown: Shutdown) -> Result<(), DevError> {
+async fn serve_until_signal(server: Server, handles: app::Handles, mut shutdown: Shutdown) -> Result<(), DevError> {
     let mut server = std::pin::pin!(server);
     let result = tokio::select! {
-        r = &mut server => return r.map_err(|e| failed("the daemon's HTTP server", e.to_string())),
+        r = &mut server => r.map_err(|e| failed("the daemon's HTTP server", e.to_string())),
         () = shutdown.wait() => {
             eprintln!("stopping the daemon");
             // The server future must keep running to carry out the stop.
-            let (_, r) = futures_util::join!(handle.stop(true), server);
-            r
+            let (_, r) = futures_util::join!(handles.server.stop(true), server);
+            r.map_err(|e| failed("stopping the daemon's HTTP server", e.to_string()))
         }
     };
-    result.map_err(|e| failed("stopping the daemon's HTTP server", e.to_string()))
+    // Before PostgreSQL goes away, so the pool does not log lost connections.
+    handles.supervisor.db().close();
+    result
 }
 
 /// Binds the API port (kept, so nobody takes it before the daemon starts) and checks the other fixed ports.
@@ -392,7 +394,7 @@ async fn bring_up(
     listener: TcpListener,
     stack: &mut Stack,
     shutdown: Shutdown,
-) -> Result<(Server, ServerHandle), DevError> {
+) -> Result<(Server, app::Handles), DevError> {
     let started = Instant::now();
     prepare_dirs(tools, layout)?;
 
@@ -444,7 +446,7 @@ async fn bring_up(
     let (server, handles) = running.split();
 
     print_banner(args, layout, &seeded.keypair, &agents, stack, created, started.elapsed());
-    Ok((server, handles.server))
+    Ok((server, handles))
 }
 
 /// Creates the directories; when root, hands the PostgreSQL directory and log to `postgres` and checks it can
