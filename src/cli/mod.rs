@@ -1,4 +1,5 @@
 //! Command-line front ends of the three binaries; the mains in `src/bin/` only call into here.
 
+pub mod dev;
 pub mod supervisor;
 pub mod watcher;

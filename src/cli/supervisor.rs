@@ -1,4 +1,4 @@
-//! `agent-supervisor serve | migrate | check-config | keypair create|list|deactivate`.
+//! `agent-supervisor serve | migrate | check-config | keypair create|list|deactivate | dev | standin-agent`.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -35,6 +35,8 @@ pub enum Command {
     /// Manage the API keypairs that sign admin requests.
     #[command(subcommand)]
     Keypair(KeypairCommand),
+    /// Run a whole local cluster: private PostgreSQL and etcd, agents under real agent-watchers, and the daemon.
+    Dev(super::dev::DevArgs),
     /// Run a stand-in agent: a Callosum RPC server that keeps a kernel registry and answers
     /// `sync_kernel_registry` as a Backend.AI agent does (for the dev stack and tests).
     StandinAgent {
@@ -106,6 +108,9 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::Dev(args) = cli.command {
+        return super::dev::main(args, config);
+    }
     if let Command::StandinAgent { rpc_listen, agent_id, kernels } = &cli.command {
         crate::telemetry::init(config.log.format, &config.log.level);
         let mut cfg = crate::agent_rpc::StandinConfig::new(rpc_listen.clone(), agent_id.clone());
@@ -139,7 +144,7 @@ pub fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Migrate { revert_all } => migrate(&config, revert_all).await.map_err(|e| e.to_string()),
-            Command::Serve | Command::StandinAgent { .. } => Ok(()),
+            Command::Serve | Command::StandinAgent { .. } | Command::Dev(_) => Ok(()),
             Command::CheckConfig => {
                 println!("{config:#?}");
                 Ok(())
