@@ -3,9 +3,11 @@
 //! stand-in agents and the daemon; the admin API works against them; Ctrl-C stops everything; a second run reuses
 //! the data directory; a busy port is refused before anything starts.
 
+mod common;
+
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::{TcpListener, TcpStream},
+    io::{BufRead, BufReader, Read},
+    net::TcpListener,
     path::Path,
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex},
@@ -141,25 +143,9 @@ impl Drop for Dev {
     }
 }
 
-/// A minimal signed HTTP/1.0 request (no keep-alive, no chunking); returns the status and the JSON body.
+/// A signed request to the stack's API.
 fn http(method: &str, port: u16, path: &str, keys: &(String, String)) -> (u16, Value) {
-    use agent_supervisor::auth::signing::{OutgoingRequest, sign_request};
-    let host = format!("127.0.0.1:{port}");
-    let req = OutgoingRequest { method, rel_url: path, host: &host, content_type: "application/json", api_version: "v7.20230615" };
-    let signed = sign_request(&keys.0, &keys.1, &req, chrono::Utc::now());
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\nX-BackendAI-Version: v7.20230615\r\nDate: {}\r\nAuthorization: {}\r\nContent-Length: 0\r\n\r\n",
-        signed.date, signed.authorization
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, serde_json::from_str(body).unwrap_or(Value::String(body.to_owned())))
+    common::procs::http_signed(port, method, path, Some((&keys.0, &keys.1)))
 }
 
 /// The value printed after `label` on the banner line that contains it.

@@ -171,3 +171,26 @@ impl TcpProxy {
         self.state.lock().unwrap().up = true;
     }
 }
+
+/// A blocking HTTP/1.0 request to a daemon on 127.0.0.1:`port`, signed with `(access_key, secret_key)` when given
+/// (as the official client signs); for daemons running as separate processes. Returns the status and JSON body.
+pub fn http_signed(port: u16, method: &str, path: &str, keys: Option<(&str, &str)>) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    use agent_supervisor::auth::signing::{OutgoingRequest, sign_request};
+    let host = format!("127.0.0.1:{port}");
+    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\nX-BackendAI-Version: v7.20230615\r\nContent-Length: 0\r\n");
+    if let Some((ak, sk)) = keys {
+        let req = OutgoingRequest { method, rel_url: path, host: &host, content_type: "application/json", api_version: "v7.20230615" };
+        let signed = sign_request(ak, sk, &req, chrono::Utc::now());
+        head.push_str(&format!("Date: {}\r\nAuthorization: {}\r\n", signed.date, signed.authorization));
+    }
+    head.push_str("\r\n");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect to {port}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, serde_json::from_str(body).unwrap_or(serde_json::Value::String(body.to_owned())))
+}
