@@ -1,5 +1,5 @@
 //! Golden bytes: our Callosum frames equal the ones captured from the Python manager (callosum 1.0.3,
-//! `reference/callosum.md` §4), and captured replies decode as the agent meant them.
+//! a Python manager talking to a Backend.AI agent), and captured replies decode as the agent meant them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use agent_supervisor::agent_rpc::codec::{self, Header, MsgType, OrderKey, Reply};

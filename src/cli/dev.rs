@@ -440,6 +440,8 @@ async fn bring_up(
     config.etcd.namespace = NAMESPACE.to_owned();
     config.api.listen = format!("127.0.0.1:{}", args.port);
     config.watcher.token = Some(token);
+    // A small cluster: probe often so `agentctl agents` shows fresh watcher state within seconds.
+    config.watcher.probe_interval_s = 5;
     config.validate().map_err(|e| failed("the daemon's configuration", e.to_string()))?;
     init_daemon_log(&config, &layout.log("daemon.log"))?;
     let running = app::start(&config, listener).await?;
