@@ -134,3 +134,35 @@ async fn agent_down_slow_or_failing_is_mapped_and_the_actor_stays_healthy() {
     agent_with_kernels(&app, "i-fine", healthy.addr(), &["RUNNING"]).await;
     assert_eq!(app.post("/v1/agents/i-fine/sync", None).await.0, 200);
 }
+
+#[actix_rt::test]
+async fn sync_uses_curve_when_the_agent_has_a_public_key() {
+    use agent_supervisor::agent_rpc::{StandinCurve, keys::CurveKeyPair};
+    let manager = CurveKeyPair::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("manager.key_secret");
+    std::fs::write(&cert, manager.to_secret_certificate()).unwrap();
+    let app = TestApp::spawn_with(|c| {
+        c.agent_rpc.manager_keypair = Some(cert.display().to_string());
+        c.agent_rpc.timeout_ms = 1_500;
+    })
+    .await;
+
+    // The agent admits only the manager's key.
+    let mut cfg = StandinConfig::new("127.0.0.1:0", "i-curve");
+    cfg.curve = Some(StandinCurve { keypair: CurveKeyPair::generate().unwrap(), allowed_clients: Some(vec![manager.public.clone()]) });
+    let agent = StandinAgent::start(cfg).unwrap();
+    agent_with_kernels(&app, "i-curve", agent.addr(), &["RUNNING"]).await;
+    let public = agent.public_key().unwrap().to_owned();
+    app.sql(&format!("UPDATE agents SET public_key = '{public}' WHERE id = 'i-curve'")).await;
+    let (status, body) = app.post("/v1/agents/i-curve/sync", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(agent.calls().len(), 1);
+
+    // A wrong public key in the database: the handshake fails and the agent is reported unavailable.
+    let other = CurveKeyPair::generate().unwrap();
+    app.sql(&format!("UPDATE agents SET public_key = '{}' WHERE id = 'i-curve'", other.public)).await;
+    let (status, body) = app.post("/v1/agents/i-curve/sync", None).await;
+    assert_eq!((status, body["error_code"].as_str()), (502, Some("agent_rpc_unavailable")), "{body}");
+    assert_eq!(agent.calls().len(), 1, "nothing reached the agent");
+}

@@ -16,6 +16,12 @@ pub struct Cli {
     /// TOML configuration file; every key can also be set as AGENT_SUPERVISOR_<SECTION>_<KEY>.
     #[arg(long, short = 'c', global = true, env = "AGENT_SUPERVISOR_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Log format, overriding `log.format`.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<crate::config::LogFormat>,
+    /// Log filter (`info`, `debug`, `agent_supervisor=debug,info`, …), overriding `log.level`.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -101,7 +107,15 @@ impl From<db::DbError> for KeypairError {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref()) {
+    let config = match Config::load(cli.config.as_deref()).and_then(|mut c| {
+        if let Some(format) = cli.log_format {
+            c.log.format = format;
+        }
+        if let Some(level) = cli.log_level.clone() {
+            c.log.level = level;
+        }
+        c.validate().map(|()| c)
+    }) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("agent-supervisor: invalid configuration: {e}");
