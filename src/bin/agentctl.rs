@@ -1,6 +1,5 @@
-//! `agentctl`: the operator CLI (see `cli`).
+//! `agentctl`: the operator CLI over the daemon's admin API (see `cli::agentctl`).
 
-fn main() {
-    eprintln!("agentctl: not built yet");
-    std::process::exit(2);
+fn main() -> std::process::ExitCode {
+    agent_supervisor::cli::agentctl::main()
 }

@@ -1,0 +1,440 @@
+//! `agentctl`: the operator CLI over the daemon's admin HTTP API. Requests are signed with a Backend.AI keypair
+//! exactly as the official client signs them, from the official client's variables (`BACKEND_ENDPOINT`,
+//! `BACKEND_ACCESS_KEY`, `BACKEND_SECRET_KEY`) or flags. Human output by default, the daemon's JSON with `--json`.
+//!
+//! Exit codes: 0 success; 1 the daemon refused or a request failed (the problem is printed as
+//! `error: <title> (<status> <error_code>): <detail>`); 2 usage errors, missing credentials included.
+
+mod bulk;
+mod client;
+mod commands;
+mod render;
+
+use std::{process::ExitCode, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+
+use self::{
+    bulk::BulkPlan,
+    client::{Client, CtlError, Settings},
+    commands::{CommandOpts, Verb, encode},
+    render::{Table, age, duration_ms, parse_time},
+};
+
+/// Where the daemon listens by default (`api.listen`).
+const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:8091";
+
+#[derive(Debug, Parser)]
+#[command(name = "agentctl", version, about = "Operate the agents of an agent-supervisor daemon")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The daemon's admin API [default: http://127.0.0.1:8091].
+    #[arg(long, global = true, env = "BACKEND_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// Access key of a keypair (superadmin for everything but `sync` and `whoami`).
+    #[arg(long, global = true, env = "BACKEND_ACCESS_KEY", hide_env_values = true)]
+    pub access_key: Option<String>,
+    /// Secret key of that keypair.
+    #[arg(long, global = true, env = "BACKEND_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+    /// Print the daemon's JSON instead of tables and sentences.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Seconds to wait for each answer (a command may wait behind others queued for the same agent).
+    #[arg(long, global = true, default_value_t = 60.0, value_name = "SECS", value_parser = parse_timeout)]
+    pub timeout: f64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List agents with their watcher state as the daemon last observed it.
+    Agents {
+        /// Only this scaling group.
+        #[arg(long)]
+        scaling_group: Option<String>,
+    },
+    /// Ask or command agents' watchers.
+    #[command(subcommand)]
+    Watcher(WatcherCommand),
+    /// Send an agent the kernels the database thinks it runs.
+    Sync { agent: String },
+    /// Recompute every agent's occupied slots and the per-access-key concurrency.
+    Recalculate,
+    /// An agent's audit trail, newest first.
+    Events {
+        agent: String,
+        /// How many events (1..=1000).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: u16,
+    },
+    /// Start every agent of a scaling group.
+    Start {
+        #[command(flatten)]
+        bulk: BulkArgs,
+        #[command(flatten)]
+        ensure: EnsureArg,
+    },
+    /// Stop every agent of a scaling group.
+    Stop {
+        #[command(flatten)]
+        bulk: BulkArgs,
+        #[command(flatten)]
+        ensure: EnsureArg,
+        /// Stop even agents that still run kernels.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Restart every agent of a scaling group.
+    Restart {
+        #[command(flatten)]
+        bulk: BulkArgs,
+    },
+    /// Show which keypair the daemon sees (checks the credentials).
+    Whoami,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WatcherCommand {
+    /// Ask each agent's watcher whether the agent runs.
+    Status {
+        #[arg(required = true)]
+        agents: Vec<String>,
+    },
+    /// Start agents.
+    Start {
+        #[arg(required = true)]
+        agents: Vec<String>,
+        #[command(flatten)]
+        ensure: EnsureArg,
+    },
+    /// Stop agents.
+    Stop {
+        #[arg(required = true)]
+        agents: Vec<String>,
+        /// Stop even when kernels still run on the agent.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        ensure: EnsureArg,
+    },
+    /// Restart agents (a stopped agent is started).
+    Restart {
+        #[arg(required = true)]
+        agents: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct EnsureArg {
+    /// Succeed when the agent already is in the state asked for (409 agent_already_running / agent_already_stopped).
+    #[arg(long)]
+    pub ensure: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BulkArgs {
+    /// The scaling group whose agents to act on.
+    #[arg(long, required = true)]
+    pub scaling_group: String,
+    /// How many agents at a time.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub max_parallel: u16,
+    /// One agent at a time, stopping at the first failure.
+    #[arg(long)]
+    pub rolling: bool,
+}
+
+fn parse_timeout(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Ok(s),
+        _ => Err(format!("{raw:?} is not a number of seconds between 0 and 86400")),
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json_out = cli.global.json;
+    let outcome = settings(&cli.global).and_then(|settings| {
+        let system = actix_rt::System::new();
+        system.block_on(async move {
+            let client = Client::new(settings)?;
+            run(&client, cli.command, json_out).await
+        })
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // A failure already printed agent by agent leaves nothing more to say.
+            if !matches!(&e, CtlError::Reported(m) if m.is_empty()) {
+                eprintln!("error: {e}");
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn settings(g: &GlobalArgs) -> Result<Settings, CtlError> {
+    let missing: Vec<&str> = [("BACKEND_ACCESS_KEY (--access-key)", &g.access_key), ("BACKEND_SECRET_KEY (--secret-key)", &g.secret_key)]
+        .into_iter()
+        .filter(|(_, v)| v.as_deref().is_none_or(|s| s.trim().is_empty()))
+        .map(|(name, _)| name)
+        .collect();
+    if !missing.is_empty() {
+        return Err(CtlError::Usage(format!(
+            "no credentials: set {} (a keypair from `agent-supervisor keypair create --superadmin`)",
+            missing.join(" and ")
+        )));
+    }
+    Ok(Settings {
+        endpoint: g.endpoint.as_deref().map(str::trim).filter(|e| !e.is_empty()).unwrap_or(DEFAULT_ENDPOINT).to_owned(),
+        access_key: g.access_key.clone().unwrap_or_default().trim().to_owned(),
+        secret_key: g.secret_key.clone().unwrap_or_default().trim().to_owned(),
+        timeout: Duration::from_secs_f64(g.timeout),
+    })
+}
+
+async fn run(client: &Client, command: Command, json_out: bool) -> Result<(), CtlError> {
+    match command {
+        Command::Agents { scaling_group } => agents(client, scaling_group.as_deref(), json_out).await,
+        Command::Watcher(WatcherCommand::Status { agents }) => watcher_status(client, &agents, json_out).await,
+        Command::Watcher(WatcherCommand::Start { agents, ensure }) => {
+            watcher_command(client, Verb::Start, &agents, CommandOpts { force: false, ensure: ensure.ensure }, json_out).await
+        }
+        Command::Watcher(WatcherCommand::Stop { agents, force, ensure }) => {
+            watcher_command(client, Verb::Stop, &agents, CommandOpts { force, ensure: ensure.ensure }, json_out).await
+        }
+        Command::Watcher(WatcherCommand::Restart { agents }) => {
+            watcher_command(client, Verb::Restart, &agents, CommandOpts::default(), json_out).await
+        }
+        Command::Sync { agent } => sync(client, &agent, json_out).await,
+        Command::Recalculate => recalculate(client, json_out).await,
+        Command::Events { agent, limit } => events(client, &agent, limit, json_out).await,
+        Command::Start { bulk, ensure } => {
+            bulk::run(client, &plan(Verb::Start, bulk, CommandOpts { force: false, ensure: ensure.ensure }), json_out).await
+        }
+        Command::Stop { bulk, ensure, force } => {
+            bulk::run(client, &plan(Verb::Stop, bulk, CommandOpts { force, ensure: ensure.ensure }), json_out).await
+        }
+        Command::Restart { bulk } => bulk::run(client, &plan(Verb::Restart, bulk, CommandOpts::default()), json_out).await,
+        Command::Whoami => whoami(client, json_out).await,
+    }
+}
+
+fn plan(verb: Verb, args: BulkArgs, opts: CommandOpts) -> BulkPlan {
+    BulkPlan { verb, scaling_group: args.scaling_group, max_parallel: usize::from(args.max_parallel), rolling: args.rolling, opts }
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// With `--json`, a failure's problem document goes to stdout too, so a script sees what the daemon said.
+fn fail(e: CtlError, json_out: bool) -> CtlError {
+    if json_out {
+        print_json(&e.to_json());
+    }
+    e
+}
+
+fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("-")
+}
+
+async fn agents(client: &Client, scaling_group: Option<&str>, json_out: bool) -> Result<(), CtlError> {
+    let path = match scaling_group {
+        Some(g) => format!("/v1/agents?scaling_group={}", encode(g)),
+        None => "/v1/agents".to_owned(),
+    };
+    let listing = client.get(&path).await.map_err(|e| fail(e, json_out))?;
+    if json_out {
+        print_json(&listing);
+        return Ok(());
+    }
+    let now = chrono::Utc::now();
+    let mut table = Table::new(&["ID", "STATUS", "SCALING GROUP", "WATCHER", "LAST SEEN", "IN FLIGHT"]);
+    let empty = Vec::new();
+    let rows = listing.get("agents").and_then(Value::as_array).unwrap_or(&empty);
+    for a in rows {
+        let supervision = a.get("supervision").filter(|s| !s.is_null());
+        let watcher = supervision.and_then(|s| s.get("watcher")).filter(|w| !w.is_null());
+        let state = match watcher {
+            None => "unknown".to_owned(),
+            Some(w) if w.get("reachable").and_then(Value::as_bool) == Some(false) => "unreachable".to_owned(),
+            Some(w) => w.get("agent_status").and_then(Value::as_str).unwrap_or("unknown").to_owned(),
+        };
+        let seen = parse_time(watcher.and_then(|w| w.get("at"))).map_or("-".to_owned(), |t| age(t, now));
+        let in_flight = match supervision {
+            Some(s) => {
+                let cmd = s.get("in_flight").and_then(Value::as_str);
+                let queued = s.get("queued").and_then(Value::as_u64).unwrap_or(0);
+                match (cmd, queued) {
+                    (None, 0) => "-".to_owned(),
+                    (None, q) => format!("- (+{q} queued)"),
+                    (Some(c), 0) => c.to_owned(),
+                    (Some(c), q) => format!("{c} (+{q} queued)"),
+                }
+            }
+            None => "-".to_owned(),
+        };
+        table.row(vec![str_of(a, "id").into(), str_of(a, "status").into(), str_of(a, "scaling_group").into(), state, seen, in_flight]);
+    }
+    print!("{}", table.render());
+    if rows.is_empty() {
+        println!("(no agents{})", scaling_group.map(|g| format!(" in scaling group {g:?}")).unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// `watcher status A B …`: one line (or JSON document) per agent; an error if any could not be asked.
+async fn watcher_status(client: &Client, agents: &[String], json_out: bool) -> Result<(), CtlError> {
+    let mut failed = 0;
+    for id in agents {
+        match client.get(&format!("/v1/agents/{}/watcher", encode(id))).await {
+            Ok(v) => {
+                if json_out {
+                    println!("{v}");
+                } else {
+                    let w = v.get("watcher").unwrap_or(&Value::Null);
+                    let latency = v.get("latency_ms").and_then(Value::as_u64).map(duration_ms).unwrap_or_default();
+                    println!("{id}: {} (watcher {}, {latency})", str_of(w, "agent-status"), str_of(w, "watcher-status"));
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                if json_out {
+                    println!("{}", e.to_json());
+                }
+                eprintln!("error: {e}");
+            }
+        }
+    }
+    many_failed(failed, agents.len(), "could not be asked")
+}
+
+/// `watcher start|stop|restart A B …`, one agent after the other, each outcome printed as it ends.
+async fn watcher_command(client: &Client, verb: Verb, agents: &[String], opts: CommandOpts, json_out: bool) -> Result<(), CtlError> {
+    let mut failed = 0;
+    for id in agents {
+        let outcome = commands::run(client, verb, id, opts).await;
+        if json_out {
+            println!("{}", outcome.json());
+        }
+        match &outcome.result {
+            Err(e) if !outcome.ok() => {
+                failed += 1;
+                eprintln!("error: {e}");
+            }
+            _ if !json_out => println!("{}", outcome.line()),
+            _ => {}
+        }
+    }
+    many_failed(failed, agents.len(), &format!("did not {}", verb.as_str()))
+}
+
+/// Failures were printed one by one; what is left is the exit status (and a count when there were several).
+fn many_failed(failed: usize, total: usize, what: &str) -> Result<(), CtlError> {
+    match failed {
+        0 => Ok(()),
+        _ if total == 1 => Err(CtlError::Reported(String::new())),
+        n => Err(CtlError::Reported(format!("{n} of {total} agents {what}"))),
+    }
+}
+
+async fn sync(client: &Client, agent: &str, json_out: bool) -> Result<(), CtlError> {
+    let r = client.post(&format!("/v1/agents/{}/sync", encode(agent))).await.map_err(|e| fail(e, json_out))?;
+    if json_out {
+        print_json(&r);
+        return Ok(());
+    }
+    let row = r.get("agent").unwrap_or(&Value::Null);
+    let sent = r.get("kernels_sent").and_then(Value::as_u64).unwrap_or(0);
+    if r.get("rpc_sent").and_then(Value::as_bool).unwrap_or(false) {
+        println!("{agent}: synced, {sent} kernel{} sent to {}", if sent == 1 { "" } else { "s" }, str_of(row, "addr"));
+    } else {
+        println!("{agent}: no kernels to sync (no RPC sent)");
+    }
+    println!("  status {}, scaling group {}, occupied {}", str_of(row, "status"), str_of(row, "scaling_group"), row.get("occupied_slots").map_or("-".into(), Value::to_string));
+    for w in r.get("warnings").and_then(Value::as_array).into_iter().flatten() {
+        println!("  warning: {}", w.as_str().unwrap_or_default());
+    }
+    Ok(())
+}
+
+async fn recalculate(client: &Client, json_out: bool) -> Result<(), CtlError> {
+    let r = client.post("/v1/usage/recalculate").await.map_err(|e| fail(e, json_out))?;
+    if json_out {
+        print_json(&r);
+        return Ok(());
+    }
+    let num = |k: &str| r.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let list = |k: &str| -> Vec<String> {
+        r.get(k).and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+    };
+    let attempts = num("attempts");
+    println!(
+        "recalculated usage of {} agents in {} ({attempts} attempt{}, run {})",
+        num("agents_total"),
+        duration_ms(num("elapsed_ms")),
+        if attempts == 1 { "" } else { "s" },
+        num("run")
+    );
+    for (label, key) in [("updated", "agents_updated"), ("reset  ", "agents_reset")] {
+        let ids = list(key);
+        let shown = if ids.is_empty() { String::new() } else { format!(": {}", ids.join(", ")) };
+        println!("  {label} {}{shown}", ids.len());
+    }
+    let skipped: Vec<&Value> = r.get("agents_skipped").and_then(Value::as_array).into_iter().flatten().collect();
+    println!("  skipped {}", skipped.len());
+    for s in skipped {
+        println!("    {} ({}): {}", str_of(s, "agent_id"), str_of(s, "status"), str_of(s, "reason"));
+    }
+    println!("  access keys: {} updated, {} reset to 0", num("access_keys_updated"), num("access_keys_reset"));
+    Ok(())
+}
+
+async fn events(client: &Client, agent: &str, limit: u16, json_out: bool) -> Result<(), CtlError> {
+    let r = client.get(&format!("/v1/agents/{}/events?limit={limit}", encode(agent))).await.map_err(|e| fail(e, json_out))?;
+    if json_out {
+        print_json(&r);
+        return Ok(());
+    }
+    let mut table = Table::new(&["TIME", "ACTION", "REQUESTER", "OUTCOME", "HTTP", "DURATION"]);
+    let empty = Vec::new();
+    let rows = r.get("events").and_then(Value::as_array).unwrap_or(&empty);
+    for e in rows {
+        let requested = parse_time(e.get("requested_at"));
+        let time = requested.map_or("-".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%SZ").to_string());
+        let began = parse_time(e.get("started_at")).or(requested);
+        let duration = match (began, parse_time(e.get("finished_at"))) {
+            (Some(b), Some(f)) => duration_ms((f - b).num_milliseconds().max(0) as u64),
+            (Some(_), None) => "running".to_owned(),
+            _ => "-".to_owned(),
+        };
+        let http = e.get("http_status").and_then(Value::as_u64).map_or("-".to_owned(), |s| s.to_string());
+        table.row(vec![time, str_of(e, "action").into(), str_of(e, "requester").into(), str_of(e, "outcome").into(), http, duration]);
+    }
+    print!("{}", table.render());
+    if rows.is_empty() {
+        println!("(no events for {agent})");
+    }
+    Ok(())
+}
+
+async fn whoami(client: &Client, json_out: bool) -> Result<(), CtlError> {
+    let r = client.get("/v1/whoami").await.map_err(|e| fail(e, json_out))?;
+    if json_out {
+        print_json(&r);
+    } else {
+        let admin = r.get("is_superadmin").and_then(Value::as_bool).unwrap_or(false);
+        println!("{} ({}) at {}", str_of(&r, "access_key"), if admin { "superadmin" } else { "not superadmin" }, client.endpoint());
+    }
+    Ok(())
+}
