@@ -297,10 +297,8 @@ impl Config {
         }
 
         let w = &self.watcher;
-        if let Some(token) = &w.token {
-            if token.is_empty() {
-                return Err(ConfigError::invalid("watcher.token", "must not be empty (omit it to use etcd or \"insecure\")"));
-            }
+        if w.token.as_ref().is_some_and(Secret::is_empty) {
+            return Err(ConfigError::invalid("watcher.token", "must not be empty (omit it to use etcd or \"insecure\")"));
         }
         positive_ms("watcher.status_timeout_ms", w.status_timeout_ms)?;
         positive_ms("watcher.command_timeout_ms", w.command_timeout_ms)?;

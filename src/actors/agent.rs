@@ -194,37 +194,37 @@ impl AgentActor {
     fn observe(&mut self, o: Observation) {
         let before = self.observed.as_ref().map(|p| (p.reachable, p.agent_status.clone()));
         let after = (o.reachable, o.agent_status.clone());
-        if let Some(before) = before {
-            if before != after {
-                tracing::info!(
-                    agent.id = %self.id,
-                    from_reachable = before.0, to_reachable = after.0,
-                    from_status = ?before.1, to_status = ?after.1,
-                    "watcher state changed"
-                );
-                let event = NewAgentEvent {
-                    agent_id: self.id.to_string(),
-                    action: "observe".into(),
-                    requester: "supervisor".into(),
-                    requested_at: o.at,
-                    started_at: Some(o.at),
-                    finished_at: Some(o.at),
-                    outcome: "observed".into(),
-                    http_status: None,
-                    detail: json!({
-                        "from": {"reachable": before.0, "agent_status": before.1},
-                        "to": {"reachable": after.0, "agent_status": after.1},
-                        "error": o.error,
-                    }),
-                };
-                let db = self.deps.db.clone();
-                actix::spawn(async move {
-                    let stored = async { queries::insert_event(&mut *db.conn().await?, &event).await }.await;
-                    if let Err(e) = stored {
-                        tracing::warn!(error = %e, "could not record a watcher state change");
-                    }
-                });
-            }
+        if let Some(before) = before
+            && before != after
+        {
+            tracing::info!(
+                agent.id = %self.id,
+                from_reachable = before.0, to_reachable = after.0,
+                from_status = ?before.1, to_status = ?after.1,
+                "watcher state changed"
+            );
+            let event = NewAgentEvent {
+                agent_id: self.id.to_string(),
+                action: "observe".into(),
+                requester: "supervisor".into(),
+                requested_at: o.at,
+                started_at: Some(o.at),
+                finished_at: Some(o.at),
+                outcome: "observed".into(),
+                http_status: None,
+                detail: json!({
+                    "from": {"reachable": before.0, "agent_status": before.1},
+                    "to": {"reachable": after.0, "agent_status": after.1},
+                    "error": o.error,
+                }),
+            };
+            let db = self.deps.db.clone();
+            actix::spawn(async move {
+                let stored = async { queries::insert_event(&mut *db.conn().await?, &event).await }.await;
+                if let Err(e) = stored {
+                    tracing::warn!(error = %e, "could not record a watcher state change");
+                }
+            });
         }
         self.observed = Some(o);
     }

@@ -234,10 +234,10 @@ async fn follow(weak: std::sync::Weak<Inner>) {
             Ok(()) => backoff = RESYNC_BACKOFF_MIN,
             Err(e) => tracing::warn!(error = %e, "etcd watcher directory is not in sync; lookups go to etcd directly"),
         }
-        if let Some(inner) = weak.upgrade() {
-            if let Ok(mut s) = inner.state.write() {
-                s.synced = false;
-            }
+        if let Some(inner) = weak.upgrade()
+            && let Ok(mut s) = inner.state.write()
+        {
+            s.synced = false;
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(RESYNC_BACKOFF_MAX);
