@@ -171,8 +171,19 @@ async fn an_agent_that_goes_away_is_noticed_and_a_restarted_one_is_reached_again
     let result = client.sync_kernel_registry(&addr, None, &[pair()], AGENT).await;
     assert_unavailable_within_bound(result, started);
 
+    // The same client reaches the restarted agent; a loaded machine may need more than one connect bound for that.
     let agent = StandinAgent::start(StandinConfig::new(&listen, AGENT)).unwrap();
-    client.sync_kernel_registry(&addr, None, &[pair()], AGENT).await.unwrap();
+    let mut last = None;
+    for _ in 0..4 {
+        match client.sync_kernel_registry(&addr, None, &[pair()], AGENT).await {
+            Ok(()) => {
+                last = None;
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    assert!(last.is_none(), "the restarted agent was not reached: {last:?}");
     assert_eq!(agent.calls().len(), 1);
 }
 
