@@ -171,11 +171,12 @@ impl Modify for OptionalBodies {
             let ops = [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch];
             for body in ops.into_iter().flatten().filter_map(|op| op.request_body.as_mut()) {
                 for content in body.content.values_mut() {
-                    if let Some(RefOr::T(Schema::OneOf(one_of))) = &content.schema {
-                        if one_of.items.len() == 2 && one_of.items.iter().any(is_null) {
-                            content.schema = one_of.items.iter().find(|s| !is_null(s)).cloned();
-                            body.required = Some(Required::False);
-                        }
+                    if let Some(RefOr::T(Schema::OneOf(one_of))) = &content.schema
+                        && one_of.items.len() == 2
+                        && one_of.items.iter().any(is_null)
+                    {
+                        content.schema = one_of.items.iter().find(|s| !is_null(s)).cloned();
+                        body.required = Some(Required::False);
                     }
                 }
             }
@@ -248,6 +249,7 @@ pub async fn openapi_json() -> Result<HttpResponse, Problem> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
