@@ -101,6 +101,8 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
         App::new()
             .app_data(web::Data::new(api_state.clone()))
             .app_data(web::PayloadConfig::new(max_body))
+            .app_data(api::body::BodyLimit(max_body))
+            .wrap(middleware::from_fn(api::body::limit_declared_body))
             .wrap(middleware::from_fn(api::trace_request))
             .configure(api::routes)
     })

@@ -65,7 +65,7 @@ pub struct RecalculateUsageAction {
 pub type RecalculateUsageActionResult = actors::RecalculateUsageResult;
 
 /// One agent as `GET /v1/agents` lists it: its row and what its actor last saw.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AgentListing {
     #[serde(flatten)]
     pub row: AgentRow,
@@ -84,7 +84,7 @@ pub struct Supervisor {
 }
 
 /// What `/readyz` reports: each dependency's state, `None` when it is fine.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Readiness {
     pub ready: bool,
     pub database: Option<String>,

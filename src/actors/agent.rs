@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// What the actor last observed of its watcher.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Observation {
     /// `agent-status` as the watcher reported it (`active`, `inactive`, `failed`, ...), if it answered.
     pub agent_status: Option<String>,
@@ -35,7 +35,7 @@ pub struct Observation {
 }
 
 /// How a finished command ended.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CommandOutcome {
     pub event_id: Option<i64>,
     pub command: WatcherCommand,
@@ -97,7 +97,7 @@ pub struct WatcherCommandResult {
 #[rtype(result = "AgentSnapshot")]
 pub struct GetSnapshot;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AgentSnapshot {
     pub agent_id: AgentId,
     pub watcher: Option<Observation>,

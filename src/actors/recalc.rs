@@ -21,7 +21,7 @@ pub struct RecalculateUsage {
 }
 
 /// `RecalculateUsageActionResult`: which run answered, and its report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RecalculateUsageResult {
     /// Sequence number of the run since the daemon started.
     pub run: u64,

@@ -22,7 +22,7 @@ pub struct SyncAgentRegistry {
 }
 
 /// `SyncAgentRegistryActionResult`: the agent's full row after the sync, and what was sent.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SyncAgentRegistryResult {
     pub agent: AgentRow,
     /// `(kernel_id, session_id)` pairs sent; 0 means no RPC was made (as in Backend.AI).

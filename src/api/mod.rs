@@ -1,9 +1,12 @@
 //! The admin HTTP API: Backend.AI-compatible routes (so the official client works unchanged) and our own `/v1`.
-//! Handlers are thin: extract, authorise, send to the service, map the result. The route table is [`routes`].
+//! Handlers are thin: extract, authorise, send to the service, map the result. The route table is [`routes`]; each
+//! handler in it is also listed in [`openapi::ApiDoc`], the document served at `/v1/openapi.json`.
 
 pub mod auth;
+pub mod body;
 mod compat;
 pub mod health;
+pub mod openapi;
 pub mod params;
 pub mod problem;
 mod requester;
@@ -55,6 +58,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/agents/{id}/stop").post(v1::stop))
         .service(resource("/v1/agents/{id}/restart").post(v1::restart))
         .service(resource("/v1/agents/{id}/events").get(v1::events))
+        .service(resource("/v1/openapi.json").get(openapi::openapi_json))
         .default_service(web::to(problem::not_found));
 }
 

@@ -1,67 +1,213 @@
 //! Our own `/v1` API: richer answers (audit ids, timings, cached supervision state).
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde_json::json;
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
 
-use super::{AppState, Authenticated, Superadmin, params::{force_from_query, parse_agent_id, query_pairs}};
+use super::{
+    AppState, Authenticated, Superadmin,
+    openapi::{
+        AgentBusy, AgentNotFound, BadRequest, Forbidden, InternalError, ProblemDocument, RpcBadGateway,
+        RpcTimeout, Unauthorized, Unavailable, WatcherBadGateway, WatcherForbidden, WatcherReport, WatcherTimeout,
+        WatcherUnauthorized,
+    },
+    params::{force_from_query, parse_agent_id, query_pairs},
+};
 use crate::{
+    actors::{RecalculateUsageResult, SyncAgentRegistryResult},
+    db::models::AgentEventRow,
+    domain::AgentId,
     error::Problem,
     service::{
-        GetWatcherStatusAction, RecalculateUsageAction, SyncAgentRegistryAction, WatcherAgentRestartAction,
-        WatcherAgentStartAction, WatcherAgentStopAction,
+        AgentListing, GetWatcherStatusAction, RecalculateUsageAction, SyncAgentRegistryAction, WatcherAgentRestartAction,
+        WatcherAgentStartAction, WatcherAgentStopAction, WatcherCommandActionResult,
     },
+    watcher::client::WatcherCommand,
 };
 
 const DEFAULT_EVENTS: i64 = 50;
 const MAX_EVENTS: i64 = 1000;
 
-/// The verified caller: lets a client check its credentials (any active keypair).
-pub async fn whoami(who: Authenticated) -> HttpResponse {
-    HttpResponse::Ok().json(json!({"access_key": who.name, "is_superadmin": who.is_superadmin}))
+/// The verified caller.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WhoAmI {
+    pub access_key: String,
+    pub is_superadmin: bool,
 }
 
+/// `GET /v1/agents`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentList {
+    pub agents: Vec<AgentListing>,
+}
+
+/// `GET /v1/agents/{id}/watcher`: the watcher's JSON and how long it took to answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WatcherStatusReply {
+    pub agent_id: AgentId,
+    #[schema(value_type = WatcherReport)]
+    pub watcher: Value,
+    pub latency_ms: u64,
+}
+
+/// A finished start/stop/restart: the watcher's JSON, the audit event and the time taken.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CommandReply {
+    pub agent_id: AgentId,
+    pub command: WatcherCommand,
+    /// The watcher's JSON, verbatim (`{"result": "ok"}` from ours and Backend.AI's).
+    pub result: Value,
+    pub event_id: i64,
+    pub elapsed_ms: u64,
+}
+
+/// `GET /v1/agents/{id}/events`: the audit trail, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentEvents {
+    pub agent_id: AgentId,
+    pub events: Vec<AgentEventRow>,
+}
+
+/// The verified caller: lets a client check its credentials (any active keypair).
+#[utoipa::path(get, path = "/v1/whoami", tag = "v1", operation_id = "whoami",
+    responses(
+        (status = 200, description = "The keypair that signed the request", body = WhoAmI),
+        (status = 401, response = Unauthorized),
+        (status = 503, response = Unavailable),
+    ),
+    security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
+pub async fn whoami(who: Authenticated) -> HttpResponse {
+    HttpResponse::Ok().json(WhoAmI { access_key: who.0.name, is_superadmin: who.0.is_superadmin })
+}
+
+/// Every agent with the supervision state its actor holds (no watcher round trips).
+#[utoipa::path(get, path = "/v1/agents", tag = "v1", operation_id = "list_agents",
+    params(("scaling_group" = Option<String>, Query, description = "Only the agents of this scaling group")),
+    responses(
+        (status = 200, description = "The agents", body = AgentList),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 500, response = InternalError),
+        (status = 503, response = Unavailable),
+    ),
+    security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
 pub async fn list_agents(_who: Superadmin, req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     let pairs = query_pairs(req.query_string(), &["scaling_group"])?;
     let sg = pairs.iter().find(|(k, _)| k == "scaling_group").map(|(_, v)| v.as_str());
     let agents = state.supervisor.list_agents(sg).await?;
-    Ok(HttpResponse::Ok().json(json!({ "agents": agents })))
+    Ok(HttpResponse::Ok().json(AgentList { agents }))
 }
 
+#[utoipa::path(get, path = "/v1/agents/{id}/watcher", tag = "v1", operation_id = "agent_watcher_status",
+    params(("id" = String, Path, description = "The agent id")),
+    responses(
+        (status = 200, description = "The watcher's status", body = WatcherStatusReply),
+        (status = 400, response = BadRequest),
+        (status = 401, response = WatcherUnauthorized),
+        (status = 403, response = WatcherForbidden),
+        (status = 404, response = AgentNotFound),
+        (status = 500, response = InternalError),
+        (status = 502, response = WatcherBadGateway),
+        (status = 503, response = Unavailable),
+        (status = 504, response = WatcherTimeout),
+    ),
+    security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
 pub async fn watcher_status(_who: Superadmin, req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     query_pairs(req.query_string(), &[])?;
     let agent_id = parse_agent_id("agent_id", &path)?;
     let r = state.supervisor.get_watcher_status(GetWatcherStatusAction { agent_id }).await?;
-    Ok(HttpResponse::Ok().json(json!({"agent_id": r.agent_id, "watcher": r.data, "latency_ms": r.latency_ms})))
+    Ok(HttpResponse::Ok().json(WatcherStatusReply { agent_id: r.agent_id, watcher: r.data, latency_ms: r.latency_ms }))
 }
 
-fn command_reply(r: crate::service::WatcherCommandActionResult) -> HttpResponse {
-    HttpResponse::Ok().json(json!({
-        "agent_id": r.agent_id,
-        "command": r.command,
-        "result": r.data,
-        "event_id": r.event_id,
-        "elapsed_ms": r.elapsed_ms,
-    }))
+fn command_reply(r: WatcherCommandActionResult) -> HttpResponse {
+    HttpResponse::Ok().json(CommandReply { agent_id: r.agent_id, command: r.command, result: r.data, event_id: r.event_id, elapsed_ms: r.elapsed_ms })
 }
 
+#[utoipa::path(post, path = "/v1/agents/{id}/start", tag = "v1", operation_id = "agent_start",
+    params(("id" = String, Path, description = "The agent id")),
+    responses(
+        (status = 200, description = "Started", body = CommandReply),
+        (status = 400, response = BadRequest),
+        (status = 401, response = WatcherUnauthorized),
+        (status = 403, response = WatcherForbidden),
+        (status = 404, response = AgentNotFound),
+        (status = 409, description = "`agent_already_running`", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 429, response = AgentBusy),
+        (status = 500, description = "`agent_start_failed` (with the watcher's reason) or `internal_error`", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 502, response = WatcherBadGateway),
+        (status = 503, response = Unavailable),
+        (status = 504, response = WatcherTimeout),
+    ),
+    security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
 pub async fn start(who: Superadmin, req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     query_pairs(req.query_string(), &[])?;
     let agent_id = parse_agent_id("agent_id", &path)?;
     Ok(command_reply(state.supervisor.watcher_agent_start(WatcherAgentStartAction { agent_id, requester: who.0.name }).await?))
 }
 
+#[utoipa::path(post, path = "/v1/agents/{id}/stop", tag = "v1", operation_id = "agent_stop",
+    params(
+        ("id" = String, Path, description = "The agent id"),
+        ("force" = Option<bool>, Query, description = "Stop even with kernels running (`true`/`1`/`yes`, `false`/`0`/`no`)"),
+    ),
+    responses(
+        (status = 200, description = "Stopped", body = CommandReply),
+        (status = 400, response = BadRequest),
+        (status = 401, response = WatcherUnauthorized),
+        (status = 403, response = WatcherForbidden),
+        (status = 404, response = AgentNotFound),
+        (status = 409, description = "`agent_already_stopped`, or `agent_has_running_kernels` (with `kernel_count`)", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 429, response = AgentBusy),
+        (status = 500, description = "`agent_stop_failed` (with the watcher's reason) or `internal_error`", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 502, response = WatcherBadGateway),
+        (status = 503, response = Unavailable),
+        (status = 504, response = WatcherTimeout),
+    ),
+    security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
 pub async fn stop(who: Superadmin, req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     let force = force_from_query(req.query_string())?;
     let agent_id = parse_agent_id("agent_id", &path)?;
     Ok(command_reply(state.supervisor.watcher_agent_stop(WatcherAgentStopAction { agent_id, force, requester: who.0.name }).await?))
 }
 
+#[utoipa::path(post, path = "/v1/agents/{id}/restart", tag = "v1", operation_id = "agent_restart",
+    params(("id" = String, Path, description = "The agent id")),
+    responses(
+        (status = 200, description = "Restarted (a stopped agent is started)", body = CommandReply),
+        (status = 400, response = BadRequest),
+        (status = 401, response = WatcherUnauthorized),
+        (status = 403, response = WatcherForbidden),
+        (status = 404, response = AgentNotFound),
+        (status = 429, response = AgentBusy),
+        (status = 500, description = "`agent_restart_failed` (with the watcher's reason) or `internal_error`", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 502, response = WatcherBadGateway),
+        (status = 503, response = Unavailable),
+        (status = 504, response = WatcherTimeout),
+    ),
+    security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
 pub async fn restart(who: Superadmin, req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     query_pairs(req.query_string(), &[])?;
     let agent_id = parse_agent_id("agent_id", &path)?;
     Ok(command_reply(state.supervisor.watcher_agent_restart(WatcherAgentRestartAction { agent_id, requester: who.0.name }).await?))
 }
 
+#[utoipa::path(get, path = "/v1/agents/{id}/events", tag = "v1", operation_id = "agent_events",
+    params(
+        ("id" = String, Path, description = "The agent id"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "How many events, newest first (default 50)"),
+    ),
+    responses(
+        (status = 200, description = "The agent's audit trail", body = AgentEvents),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = AgentNotFound),
+        (status = 500, response = InternalError),
+        (status = 503, response = Unavailable),
+    ),
+    security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
 pub async fn events(_who: Superadmin, req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     let pairs = query_pairs(req.query_string(), &["limit"])?;
     let limit = match pairs.iter().find(|(k, _)| k == "limit") {
@@ -74,10 +220,24 @@ pub async fn events(_who: Superadmin, req: HttpRequest, path: web::Path<String>,
     };
     let agent_id = parse_agent_id("agent_id", &path)?;
     let events = state.supervisor.agent_events(&agent_id, limit).await?;
-    Ok(HttpResponse::Ok().json(json!({"agent_id": agent_id, "events": events})))
+    Ok(HttpResponse::Ok().json(AgentEvents { agent_id, events }))
 }
 
 /// `POST /v1/agents/{id}/sync` → the agent's row, how many kernels were sent, and warnings.
+#[utoipa::path(post, path = "/v1/agents/{id}/sync", tag = "v1", operation_id = "agent_sync",
+    description = "Tell the agent which kernels the database thinks it runs (any active keypair may ask).",
+    params(("id" = String, Path, description = "The agent id")),
+    responses(
+        (status = 200, description = "The agent's row after the sync, and what was sent", body = SyncAgentRegistryResult),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = AgentNotFound),
+        (status = 500, response = InternalError),
+        (status = 502, response = RpcBadGateway),
+        (status = 503, response = Unavailable),
+        (status = 504, response = RpcTimeout),
+    ),
+    security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
 pub async fn sync(who: Authenticated, req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     query_pairs(req.query_string(), &[])?;
     let agent_id = parse_agent_id("agent_id", &path)?;
@@ -86,8 +246,20 @@ pub async fn sync(who: Authenticated, req: HttpRequest, path: web::Path<String>,
 }
 
 /// `POST /v1/usage/recalculate` → the report.
+#[utoipa::path(post, path = "/v1/usage/recalculate", tag = "v1", operation_id = "usage_recalculate",
+    description = "Recompute every agent's occupied slots and each access key's concurrency in one transaction. \
+                   Concurrent requests coalesce: one arriving during a run gets the next run's report.",
+    responses(
+        (status = 200, description = "The report of the run that answered", body = RecalculateUsageResult),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 500, response = InternalError),
+        (status = 503, response = Unavailable),
+    ),
+    security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
 pub async fn recalculate(who: Superadmin, req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     query_pairs(req.query_string(), &[])?;
-    let r = state.supervisor.recalculate_usage(RecalculateUsageAction { requester: who.0.name }).await?;
+    let r: RecalculateUsageResult = state.supervisor.recalculate_usage(RecalculateUsageAction { requester: who.0.name }).await?;
     Ok(HttpResponse::Ok().json(r))
 }

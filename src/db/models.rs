@@ -20,7 +20,7 @@ pub struct ScalingGroupRow {
 }
 
 /// An `agents` row with every column (what sync returns).
-#[derive(Debug, Clone, PartialEq, Serialize, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, PartialEq, Serialize, Queryable, Selectable, Insertable, utoipa::ToSchema)]
 #[diesel(table_name = agents, check_for_backend(diesel::pg::Pg))]
 pub struct AgentRow {
     pub id: String,
@@ -108,7 +108,7 @@ impl std::fmt::Debug for KeypairRow {
 }
 
 /// One audited command: inserted when accepted, updated when it starts and ends.
-#[derive(Debug, Clone, PartialEq, Serialize, Queryable, Selectable)]
+#[derive(Debug, Clone, PartialEq, Serialize, Queryable, Selectable, utoipa::ToSchema)]
 #[diesel(table_name = agent_events, check_for_backend(diesel::pg::Pg))]
 pub struct AgentEventRow {
     pub id: i64,

@@ -9,8 +9,9 @@ pub const MAX_AGENT_ID_LEN: usize = 64;
 ///
 /// Backend.AI ids are free-form strings such as `i-node01` or a UUID; the restriction keeps ids safe to put in
 /// URLs, etcd keys and log lines.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
+#[schema(value_type = String, pattern = "^[A-Za-z0-9._:@-]{1,64}$")]
 pub struct AgentId(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

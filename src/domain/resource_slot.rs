@@ -167,6 +167,25 @@ impl Serialize for ResourceSlot {
     }
 }
 
+/// The OpenAPI schema of the JSON form above: an object of slot name to decimal string.
+impl utoipa::PartialSchema for ResourceSlot {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+        let value = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(r"^[0-9]+(\.[0-9]+)?$"))
+            .description(Some("an exact, non-negative decimal without exponent"));
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .additional_properties(Some(AdditionalProperties::RefOr(value.into())))
+            .description(Some("Resource slots: slot name (`cpu`, `mem`, `cuda.shares`, ...) to a decimal string"))
+            .examples([serde_json::json!({"cpu": "4", "mem": "17179869184", "cuda.shares": "0.5"})])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ResourceSlot {}
+
 impl<'de> Deserialize<'de> for ResourceSlot {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let value = serde_json::Value::deserialize(d)?;

@@ -57,6 +57,19 @@ name_enum!(
     }
 );
 
+/// The OpenAPI schema: the upper-case names, from [`AgentStatus::ALL`].
+impl utoipa::PartialSchema for AgentStatus {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(Self::ALL.iter().map(|s| s.as_str())))
+            .description(Some("`agents.status`"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for AgentStatus {}
+
 impl AgentStatus {
     /// Agents that are not responding; recalculation leaves them untouched.
     pub fn is_unavailable(self) -> bool {

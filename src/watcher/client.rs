@@ -23,7 +23,7 @@ pub const TOKEN_HEADER: &str = "X-BackendAI-Watcher-Token";
 const QUOTE_LIMIT: usize = 2_000;
 
 /// A control command a watcher executes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum WatcherCommand {
     Start,
