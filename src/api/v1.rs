@@ -3,7 +3,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
-use super::{AppState, Authenticated, Superadmin, params::{force_from_query, parse_agent_id, query_pairs}};
+use super::{AppState, Authenticated, Superadmin, params::{force_from_query, parse_agent_id, parse_bool, query_pairs}};
 use crate::{
     error::Problem,
     service::{
@@ -21,9 +21,13 @@ pub async fn whoami(who: Authenticated) -> HttpResponse {
 }
 
 pub async fn list_agents(_who: Superadmin, req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
-    let pairs = query_pairs(req.query_string(), &["scaling_group"])?;
+    let pairs = query_pairs(req.query_string(), &["scaling_group", "refresh"])?;
     let sg = pairs.iter().find(|(k, _)| k == "scaling_group").map(|(_, v)| v.as_str());
-    let agents = state.supervisor.list_agents(sg).await?;
+    let refresh = match pairs.iter().find(|(k, _)| k == "refresh") {
+        Some((_, v)) => parse_bool("refresh", v)?,
+        None => false,
+    };
+    let agents = if refresh { state.supervisor.list_agents_refreshed(sg).await? } else { state.supervisor.list_agents(sg).await? };
     Ok(HttpResponse::Ok().json(json!({ "agents": agents })))
 }
 
