@@ -455,7 +455,7 @@ async fn run(db_url: String) -> Vec<Row> {
                 .collect()
                 .await;
             let failed: Vec<_> = statuses.iter().filter(|(_, s, _)| *s != 200).collect();
-            assert!(failed.is_empty(), "{} restarts failed, first: {:?}", failed.len(), failed.first());
+            assert!(failed.is_empty(), "{} restarts failed, first: {:?}", failed.len(), failed.iter().next());
             started.elapsed()
         }
     };
