@@ -158,6 +158,8 @@ pub struct WatcherConfig {
     pub probe_interval_s: u64,
     /// Commands that may wait behind the running one, per agent.
     pub queue_capacity: usize,
+    /// How many watchers `GET /v1/agents?refresh=true` asks at once.
+    pub refresh_concurrency: usize,
 }
 
 impl Default for WatcherConfig {
@@ -169,6 +171,7 @@ impl Default for WatcherConfig {
             default_port: 6099,
             probe_interval_s: 30,
             queue_capacity: 16,
+            refresh_concurrency: 64,
         }
     }
 }
@@ -308,6 +311,9 @@ impl Config {
         if !(1..=10_000).contains(&w.queue_capacity) {
             return Err(ConfigError::invalid("watcher.queue_capacity", format!("must be 1..=10000, got {}", w.queue_capacity)));
         }
+        if !(1..=4096).contains(&w.refresh_concurrency) {
+            return Err(ConfigError::invalid("watcher.refresh_concurrency", format!("must be 1..=4096, got {}", w.refresh_concurrency)));
+        }
         positive_ms("agent_rpc.timeout_ms", self.agent_rpc.timeout_ms)?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ConfigError::invalid("log.level", format!("{:?}: {e}", self.log.level)))?;
@@ -376,7 +382,7 @@ fn section_fields(section: &str) -> &'static [&'static str] {
         "etcd" => &["endpoints", "namespace", "user", "password", "timeout_ms"],
         "api" => &["listen", "max_body_bytes", "clock_skew_s", "shutdown_timeout_s"],
         "metrics" => &["listen", "token"],
-        "watcher" => &["token", "status_timeout_ms", "command_timeout_ms", "default_port", "probe_interval_s", "queue_capacity"],
+        "watcher" => &["token", "status_timeout_ms", "command_timeout_ms", "default_port", "probe_interval_s", "queue_capacity", "refresh_concurrency"],
         "agent_rpc" => &["timeout_ms", "manager_keypair"],
         "log" => &["format", "level"],
         _ => &[],
@@ -405,6 +411,7 @@ mod tests {
         assert_eq!(c.watcher.command_timeout(), Duration::from_secs(20));
         assert_eq!(c.watcher.default_port, 6099);
         assert_eq!(c.etcd.namespace, "local");
+        assert_eq!(c.watcher.refresh_concurrency, 64);
     }
 
     #[test]
@@ -446,6 +453,8 @@ mod tests {
         assert!(err("[log]\nformat = \"xml\"\n", &[]).starts_with("log.format:"));
         assert!(err("", &[("AGENT_SUPERVISOR_WATCHER_DEFAULT_PORT", "http")]).starts_with("watcher.default_port:"));
         assert!(err("", &[("AGENT_SUPERVISOR_WATCHER_DEFAULT_PORT", "70000")]).starts_with("watcher.default_port:"));
+        assert!(err("[watcher]\nrefresh_concurrency = 0\n", &[]).starts_with("watcher.refresh_concurrency:"));
+        assert!(err("", &[("AGENT_SUPERVISOR_WATCHER_REFRESH_CONCURRENCY", "5000")]).starts_with("watcher.refresh_concurrency:"));
     }
 
     #[test]

@@ -204,6 +204,38 @@ impl Supervisor {
         Ok(out)
     }
 
+    /// Like [`list_agents`](Self::list_agents), but first asks the watcher of every listed agent for its status, at
+    /// most `watcher.refresh_concurrency` at once, so each snapshot holds an observation made by this request. A
+    /// watcher that fails or times out is recorded as such in its observation; the listing itself still succeeds.
+    pub async fn list_agents_refreshed(&self, scaling_group: Option<&str>) -> Result<Vec<AgentListing>, Problem> {
+        use futures_util::StreamExt;
+        let rows = queries::list_agents(&mut *self.db.conn().await?, scaling_group).await?;
+        let actors = self.registry.send(ListAgentActors).await.map_err(mailbox)?;
+        let actors: std::collections::HashMap<_, _> = actors.into_iter().collect();
+        let status_bound = self.settings.status_timeout * 2 + ACTOR_SLACK;
+        let refreshes = rows.into_iter().map(|row| {
+            let known = AgentId::parse(&row.id).ok().map(|id| (actors.get(&id).cloned(), id));
+            async move {
+                let addr = match known {
+                    Some((Some(addr), _)) => Some(addr),
+                    // Listed but without an actor yet (added after start-up): create it, as any request would.
+                    Some((None, id)) => self.agent(&id).await.ok(),
+                    None => None,
+                };
+                let snapshot = match addr {
+                    Some(addr) => {
+                        // The outcome is kept in the actor's observation, which the snapshot carries.
+                        let _ = addr.send(GetWatcherStatus).timeout(status_bound).await;
+                        addr.send(GetSnapshot).await.ok()
+                    }
+                    None => None,
+                };
+                AgentListing { row, supervision: snapshot }
+            }
+        });
+        Ok(futures_util::stream::iter(refreshes).buffered(self.settings.refresh_concurrency.max(1)).collect().await)
+    }
+
     /// The audit trail of one agent, newest first.
     pub async fn agent_events(&self, agent_id: &AgentId, limit: i64) -> Result<Vec<AgentEventRow>, Problem> {
         let mut conn = self.db.conn().await?;

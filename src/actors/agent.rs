@@ -386,9 +386,12 @@ async fn execute(
         }
     };
     tracing::info!(outcome = label, http_status = status, elapsed_ms, "command finished");
-    let finished = async { queries::finish_event(&mut *deps.db.conn().await?, event_id, label, Some(status as i16), &detail, Utc::now()).await }.await;
+    let finished_at = Utc::now();
+    let finished = async { queries::finish_event(&mut *deps.db.conn().await?, event_id, label, Some(status as i16), &detail, finished_at).await }.await;
     if let Err(e) = finished {
-        tracing::warn!(event_id, error = %e, "could not record the command's outcome");
+        // The command ran; its row must not stay `running` (it would read as interrupted after a restart).
+        tracing::warn!(event_id, error = %e, "could not record the command's outcome; retrying in the background");
+        actix::spawn(record_outcome_later(deps.db.clone(), event_id, label, status, detail.clone(), finished_at));
     }
     let outcome = outcome_of(Some(event_id), wc, &requester, label, status, started);
     let result = result
@@ -396,6 +399,28 @@ async fn execute(
         .map_err(|p| p.for_agent(id.as_str()).with("event_id", event_id));
     (result, observation, outcome)
 }
+
+/// Retries writing a command's outcome while the database is unavailable, every [`OUTCOME_RETRY_EVERY`] for up to
+/// [`OUTCOME_RETRY_FOR`]; after that the row is left to be marked `interrupted` at the next start.
+async fn record_outcome_later(db: crate::db::Db, event_id: i64, label: &'static str, status: u16, detail: Value, finished_at: DateTime<Utc>) {
+    let deadline = Instant::now() + OUTCOME_RETRY_FOR;
+    while Instant::now() < deadline {
+        actix_rt::time::sleep(OUTCOME_RETRY_EVERY).await;
+        let done = async { queries::finish_event(&mut *db.conn().await?, event_id, label, Some(status as i16), &detail, finished_at).await }.await;
+        match done {
+            Ok(_) => {
+                tracing::info!(event_id, outcome = label, "recorded the command's outcome after the database returned");
+                return;
+            }
+            Err(e) => tracing::debug!(event_id, error = %e, "the command's outcome is still not recorded"),
+        }
+    }
+    tracing::error!(event_id, outcome = label, "gave up recording the command's outcome");
+}
+
+/// How often, and for how long, an outcome that could not be written is retried.
+const OUTCOME_RETRY_EVERY: Duration = Duration::from_secs(1);
+const OUTCOME_RETRY_FOR: Duration = Duration::from_secs(600);
 
 fn outcome_of(event_id: Option<i64>, command: WatcherCommand, requester: &str, outcome: &'static str, http_status: u16, started: Instant) -> CommandOutcome {
     CommandOutcome {

@@ -31,6 +31,8 @@ pub struct ActorSettings {
     /// Zero disables probing.
     pub probe_interval: Duration,
     pub rpc_timeout: Duration,
+    /// How many watchers a refreshing listing asks at once.
+    pub refresh_concurrency: usize,
 }
 
 impl From<&Config> for ActorSettings {
@@ -42,6 +44,7 @@ impl From<&Config> for ActorSettings {
             command_timeout: w.command_timeout(),
             queue_capacity: w.queue_capacity,
             probe_interval: Duration::from_secs(w.probe_interval_s),
+            refresh_concurrency: w.refresh_concurrency,
         }
     }
 }

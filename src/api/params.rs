@@ -15,7 +15,7 @@ pub fn parse_agent_id(field: &str, raw: &str) -> Result<AgentId, Problem> {
     AgentId::parse(raw).map_err(|e| Problem::invalid_field(field, e))
 }
 
-fn parse_bool(field: &str, raw: &str) -> Result<bool, Problem> {
+pub fn parse_bool(field: &str, raw: &str) -> Result<bool, Problem> {
     match raw {
         "true" | "1" | "yes" => Ok(true),
         "false" | "0" | "no" | "" => Ok(false),

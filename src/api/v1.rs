@@ -12,7 +12,7 @@ use super::{
         RpcTimeout, Unauthorized, Unavailable, WatcherBadGateway, WatcherForbidden, WatcherReport, WatcherTimeout,
         WatcherUnauthorized,
     },
-    params::{force_from_query, parse_agent_id, query_pairs},
+    params::{force_from_query, parse_agent_id, parse_bool, query_pairs},
 };
 use crate::{
     actors::{RecalculateUsageResult, SyncAgentRegistryResult},
@@ -81,9 +81,13 @@ pub async fn whoami(who: Authenticated) -> HttpResponse {
     HttpResponse::Ok().json(WhoAmI { access_key: who.0.name, is_superadmin: who.0.is_superadmin })
 }
 
-/// Every agent with the supervision state its actor holds (no watcher round trips).
+/// Every agent with the supervision state its actor holds (no watcher round trips), or with `refresh=true` after
+/// asking every listed watcher (at most `watcher.refresh_concurrency` at a time).
 #[utoipa::path(get, path = "/v1/agents", tag = "v1", operation_id = "list_agents",
-    params(("scaling_group" = Option<String>, Query, description = "Only the agents of this scaling group")),
+    params(
+        ("scaling_group" = Option<String>, Query, description = "Only the agents of this scaling group"),
+        ("refresh" = Option<bool>, Query, description = "Ask every listed watcher for its status first"),
+    ),
     responses(
         (status = 200, description = "The agents", body = AgentList),
         (status = 400, response = BadRequest),
@@ -94,9 +98,13 @@ pub async fn whoami(who: Authenticated) -> HttpResponse {
     ),
     security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
 pub async fn list_agents(_who: Superadmin, req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
-    let pairs = query_pairs(req.query_string(), &["scaling_group"])?;
+    let pairs = query_pairs(req.query_string(), &["scaling_group", "refresh"])?;
     let sg = pairs.iter().find(|(k, _)| k == "scaling_group").map(|(_, v)| v.as_str());
-    let agents = state.supervisor.list_agents(sg).await?;
+    let refresh = match pairs.iter().find(|(k, _)| k == "refresh") {
+        Some((_, v)) => parse_bool("refresh", v)?,
+        None => false,
+    };
+    let agents = if refresh { state.supervisor.list_agents_refreshed(sg).await? } else { state.supervisor.list_agents(sg).await? };
     Ok(HttpResponse::Ok().json(AgentList { agents }))
 }
 

@@ -1,0 +1,492 @@
+//! Daemon benchmarks (not timed tests): the status proxy against a real `agent-watcher`, memory per supervised agent
+//! at 10,000 agents, the fan-out status of 1,000 watchers, and 1,000 restarts 100 at a time.
+//!
+//! Run it with `bench/daemon.sh` (builds the release binaries, raises `ulimit -n`, then `cargo bench --bench
+//! daemon`). The daemon is the release `agent-supervisor serve` as a subprocess configured from the environment, so
+//! its memory is its own; the 10,000 simulated watchers (`tests/support/sim_watcher.rs`) and the load generator run
+//! in this process, `wrk` in its own. Everything binds 127.0.0.1. Databases are throw-away ones on the server of
+//! `AS_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:55432/postgres`), etcd keys a namespace of their own on
+//! `AS_TEST_ETCD_ENDPOINT` (default `http://127.0.0.1:23790`); both are removed at the end.
+//!
+//! Environment: `BENCH_AGENTS` (10000), `BENCH_FANOUT` (1000, also the number of agents restarted), `BENCH_PARALLEL`
+//! (100 restarts in flight), `BENCH_COMMAND_MS` (50: how long a simulated command takes), `WRK_DURATION` (10s),
+//! `WRK_CONNECTIONS` (8), `WRK_THREADS` (2).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/support/sim_watcher.rs"]
+mod sim_watcher;
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use agent_supervisor::{
+    api::COMPAT_API_VERSION,
+    auth::{keys::generate_keypair, signing},
+    config::{DatabaseConfig, EtcdConfig, Secret},
+    db::{Db, keypairs, models::KeypairRow, run_migrations},
+    etcd::Etcd,
+};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use futures_util::StreamExt;
+use serde_json::Value;
+use sim_watcher::SimWatchers;
+
+const TOKEN: &str = "bench-watcher-token";
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A blocking `GET` with `Connection: close`; the status code, or 0 when nothing answered.
+fn http_status(port: u16, path: &str, headers: &[(&str, &str)]) -> u16 {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return 0 };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return 0;
+    }
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+fn wait_until(timeout: Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn bin_dir() -> PathBuf {
+    std::env::var("BENCH_BIN_DIR").map(PathBuf::from).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release"))
+}
+
+/// A process killed (SIGTERM, then SIGKILL) when dropped.
+struct Proc {
+    child: Child,
+    port: u16,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        if !wait_until(Duration::from_secs(10), || matches!(self.child.try_wait(), Ok(Some(_)))) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+struct Setup {
+    db_url: String,
+    etcd: EtcdConfig,
+    creds: (String, String),
+    logs: tempfile::TempDir,
+}
+
+/// `agent-supervisor serve` configured from the environment, once `/healthz` answers.
+fn start_daemon(s: &Setup, name: &str) -> Proc {
+    let port = free_port();
+    let log = std::fs::File::create(s.logs.path().join(format!("{name}.log"))).unwrap();
+    let child = Command::new(bin_dir().join("agent-supervisor"))
+        .arg("serve")
+        .env("AGENT_SUPERVISOR_DATABASE_URL", &s.db_url)
+        .env("AGENT_SUPERVISOR_DATABASE_RUN_MIGRATIONS", "false")
+        .env("AGENT_SUPERVISOR_ETCD_ENDPOINTS", &s.etcd.endpoints[0])
+        .env("AGENT_SUPERVISOR_ETCD_NAMESPACE", &s.etcd.namespace)
+        .env("AGENT_SUPERVISOR_API_LISTEN", format!("127.0.0.1:{port}"))
+        .env("AGENT_SUPERVISOR_WATCHER_TOKEN", TOKEN)
+        .env("AGENT_SUPERVISOR_WATCHER_PROBE_INTERVAL_S", "0")
+        .env("AGENT_SUPERVISOR_LOG_LEVEL", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("run target/release/agent-supervisor (bench/daemon.sh builds it)");
+    let p = Proc { child, port };
+    assert!(wait_until(Duration::from_secs(60), || http_status(port, "/healthz", &[]) == 200), "daemon {name} did not start");
+    p
+}
+
+fn signed_headers(s: &Setup, port: u16, method: &str, path: &str) -> signing::SignedHeaders {
+    let host = format!("127.0.0.1:{port}");
+    let out = signing::OutgoingRequest { method, rel_url: path, host: &host, content_type: "text/plain", api_version: COMPAT_API_VERSION };
+    signing::sign_request(&s.creds.0, &s.creds.1, &out, chrono::Utc::now())
+}
+
+async fn call(client: &awc::Client, s: &Setup, port: u16, method: &str, path: &str) -> (u16, Value) {
+    let h = signed_headers(s, port, method, path);
+    let m = awc::http::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut resp = client
+        .request(m, format!("http://127.0.0.1:{port}{path}"))
+        .insert_header(("Content-Type", "text/plain"))
+        .insert_header(("X-BackendAI-Version", COMPAT_API_VERSION))
+        .insert_header(("Date", h.date))
+        .insert_header(("Authorization", h.authorization))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let status = resp.status().as_u16();
+    let body = resp.body().limit(256 << 20).await.unwrap();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// Requests/sec, p50 and p99 (ms) and non-2xx answers from `wrk --latency` output.
+#[derive(Debug, Default, Clone, Copy)]
+struct WrkResult {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    non2xx: u64,
+}
+
+fn duration_ms(s: &str) -> f64 {
+    let s = s.trim();
+    let (num, factor) = if let Some(n) = s.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        (s, 1.0)
+    };
+    num.parse::<f64>().unwrap_or(f64::NAN) * factor
+}
+
+fn run_wrk(label: &str, url: &str, headers: &[(&str, &str)], script_env: Option<&[(&str, String)]>) -> WrkResult {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t", &env_or("WRK_THREADS", "2"), "-c", &env_or("WRK_CONNECTIONS", "8"), "-d", &env_or("WRK_DURATION", "10s"), "--latency"]);
+    for (k, v) in headers {
+        cmd.args(["-H", &format!("{k}: {v}")]);
+    }
+    if let Some(vars) = script_env {
+        cmd.args(["-s", Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/signed.lua").to_str().unwrap()]);
+        cmd.envs(vars.iter().map(|(k, v)| (*k, v.as_str())));
+    }
+    let out = cmd.arg(url).output().expect("wrk is required (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("== {label}\n{text}");
+    let mut r = WrkResult::default();
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(v) = t.strip_prefix("Requests/sec:") {
+            r.rps = v.trim().parse().unwrap_or(0.0);
+        } else if let Some(v) = t.strip_prefix("50%") {
+            r.p50_ms = duration_ms(v);
+        } else if let Some(v) = t.strip_prefix("99%") {
+            r.p99_ms = duration_ms(v);
+        } else if let Some(v) = t.strip_prefix("Non-2xx or 3xx responses:") {
+            r.non2xx = v.trim().parse().unwrap_or(0);
+        }
+    }
+    r
+}
+
+struct Row {
+    what: String,
+    figure: String,
+    target: String,
+}
+
+fn row(rows: &mut Vec<Row>, what: impl Into<String>, figure: impl Into<String>, target: impl Into<String>) {
+    let r = Row { what: what.into(), figure: figure.into(), target: target.into() };
+    eprintln!("-> {}: {} ({})", r.what, r.figure, r.target);
+    rows.push(r);
+}
+
+async fn create_database(admin: &str, name: &str) -> String {
+    let mut conn = AsyncPgConnection::establish(admin).await.expect("PostgreSQL (AS_TEST_DATABASE_URL)");
+    diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+    let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
+    let url = format!("{base}/{name}");
+    run_migrations(&url).await.unwrap();
+    url
+}
+
+async fn drop_database(admin: &str, name: &str) {
+    if let Ok(mut conn) = AsyncPgConnection::establish(admin).await {
+        let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
+    }
+}
+
+async fn sql(db: &Db, q: &str) {
+    diesel::sql_query(q).execute(&mut *db.conn().await.unwrap()).await.unwrap();
+}
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    let admin = env_or("AS_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:55432/postgres");
+    let db_name = format!("as_bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let rows = actix_rt::System::new().block_on(async {
+        let db_url = create_database(&admin, &db_name).await;
+        let result = std::panic::AssertUnwindSafe(run(db_url));
+        let rows = futures_util::FutureExt::catch_unwind(result).await;
+        drop_database(&admin, &db_name).await;
+        rows
+    });
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e) => std::panic::resume_unwind(e),
+    };
+    println!();
+    println!("| benchmark | result | target |");
+    println!("|---|---|---|");
+    for r in rows {
+        println!("| {} | {} | {} |", r.what, r.figure, r.target);
+    }
+}
+
+async fn run(db_url: String) -> Vec<Row> {
+    let agents = env_usize("BENCH_AGENTS", 10_000);
+    let fanout = env_usize("BENCH_FANOUT", 1_000).min(agents);
+    let parallel = env_usize("BENCH_PARALLEL", 100);
+    let command_ms = env_usize("BENCH_COMMAND_MS", 50) as u64;
+    let mut rows = Vec::new();
+
+    let db = Db::new(&DatabaseConfig { url: Secret::new(db_url.clone()), max_connections: 4, connect_timeout_ms: 5_000, run_migrations: false }).unwrap();
+    let key = generate_keypair();
+    let row_ = KeypairRow {
+        access_key: key.access_key.clone(),
+        secret_key: key.secret_key.expose().to_owned(),
+        user_id: Some("bench@local".into()),
+        is_active: true,
+        is_superadmin: true,
+        description: Some("daemon benchmark".into()),
+        created_at: chrono::Utc::now(),
+        last_used: None,
+    };
+    keypairs::insert_keypair(&mut db.conn().await.unwrap(), &row_).await.unwrap();
+    let etcd_cfg = EtcdConfig {
+        endpoints: vec![env_or("AS_TEST_ETCD_ENDPOINT", "http://127.0.0.1:23790")],
+        namespace: format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]),
+        timeout_ms: 5_000,
+        ..Default::default()
+    };
+    let etcd = Etcd::connect(&etcd_cfg).await.unwrap();
+    let setup = Setup { db_url, etcd: etcd_cfg, creds: (key.access_key, key.secret_key.expose().to_owned()), logs: tempfile::tempdir().unwrap() };
+    let client = awc::Client::builder().connector(awc::Connector::new().limit(parallel.max(8) * 2)).timeout(Duration::from_secs(120)).finish();
+    sql(&db, "INSERT INTO scaling_groups (name) VALUES ('default'), ('bench-1k')").await;
+
+    // 1. Status proxy: the daemon in front of a real agent-watcher vs. the watcher directly, same wrk load.
+    {
+        let port = free_port();
+        let log = std::fs::File::create(setup.logs.path().join("watcher.log")).unwrap();
+        let child = Command::new(bin_dir().join("agent-watcher"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--token", TOKEN, "--backend", "process", "--workers", "2"])
+            .arg("--log-file")
+            .arg(setup.logs.path().join("agent.log"))
+            .args(["--", "sleep", "100000"])
+            .env("RUST_LOG", "warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("run target/release/agent-watcher");
+        let watcher = Proc { child, port };
+        assert!(wait_until(Duration::from_secs(10), || http_status(port, "/", &[("X-BackendAI-Watcher-Token", TOKEN)]) == 200));
+        sql(&db, "INSERT INTO agents (id, region, addr, version, architecture) VALUES ('i-proxy', 'local', 'tcp://127.0.0.1:6001', 'v', 'x86_64')").await;
+        etcd.put("nodes/agents/i-proxy/ip", "127.0.0.1").await.unwrap();
+        etcd.put("nodes/agents/i-proxy/watcher_port", &port.to_string()).await.unwrap();
+        let daemon = start_daemon(&setup, "proxy");
+        let path = "/resource/watcher?agent_id=i-proxy";
+        // One signed header set, dated now: valid for the daemon's 15-minute clock-skew window.
+        let h = signed_headers(&setup, daemon.port, "GET", path);
+        let vars = [
+            ("SIGNED_DATE", h.date.clone()),
+            ("SIGNED_AUTHORIZATION", h.authorization.clone()),
+            ("SIGNED_VERSION", COMPAT_API_VERSION.to_owned()),
+            ("SIGNED_CONTENT_TYPE", "text/plain".to_owned()),
+        ];
+        let check = http_status(
+            daemon.port,
+            path,
+            &[("Date", &h.date), ("Authorization", &h.authorization), ("X-BackendAI-Version", COMPAT_API_VERSION), ("Content-Type", "text/plain")],
+        );
+        assert_eq!(check, 200, "the precomputed signed request is not accepted");
+        let direct = run_wrk("direct: GET / on agent-watcher", &format!("http://127.0.0.1:{port}/"), &[("X-BackendAI-Watcher-Token", TOKEN)], None);
+        let proxied = run_wrk("through the daemon: GET /resource/watcher", &format!("http://127.0.0.1:{}{path}", daemon.port), &[], Some(&vars));
+        assert_eq!((direct.non2xx, proxied.non2xx), (0, 0), "non-2xx answers under load");
+        row(&mut rows, "status direct (`GET /` on agent-watcher), wrk -c8 10 s", format!("{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms", direct.rps, direct.p50_ms, direct.p99_ms), "—");
+        row(&mut rows, "status via daemon (`GET /resource/watcher`, signed)", format!("{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms", proxied.rps, proxied.p50_ms, proxied.p99_ms), "—");
+        row(
+            &mut rows,
+            "daemon / direct",
+            format!("{:.0} % of throughput, +{:.2} ms at p50", 100.0 * proxied.rps / direct.rps, proxied.p50_ms - direct.p50_ms),
+            "≥ 80 %, < +1 ms",
+        );
+        drop(daemon);
+        drop(watcher);
+    }
+
+    // 2. Memory per supervised agent: the same daemon with 1 agent and with `agents` agents (actors, etcd mirror).
+    let warm = |port: u16| {
+        let (client, setup) = (&client, &setup);
+        async move {
+            for _ in 0..20 {
+                assert_eq!(call(client, setup, port, "GET", "/v1/whoami").await.0, 200);
+            }
+        }
+    };
+    let rss_empty = {
+        let d = start_daemon(&setup, "empty");
+        warm(d.port).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        rss_kib(d.pid())
+    };
+    let sims = SimWatchers::start(agents, 2, TOKEN, Duration::from_millis(command_ms));
+    sql(
+        &db,
+        &format!(
+            "INSERT INTO agents (id, region, scaling_group, addr, version, architecture) \
+             SELECT 'i-sim-' || g, 'local', CASE WHEN g < {fanout} THEN 'bench-1k' ELSE 'default' END, \
+                    'tcp://127.0.0.1:6001', '23.09.10', 'x86_64' FROM generate_series(0, {}) g",
+            agents - 1
+        ),
+    )
+    .await;
+    let populated = Instant::now();
+    let puts = sims.ports().iter().enumerate().flat_map(|(i, p)| {
+        [(format!("nodes/agents/i-sim-{i}/ip"), "127.0.0.1".to_owned()), (format!("nodes/agents/i-sim-{i}/watcher_port"), p.to_string())]
+    });
+    let failed = futures_util::stream::iter(puts)
+        .map(|(k, v)| {
+            let etcd = etcd.clone();
+            async move { etcd.put(&k, &v).await.is_err() }
+        })
+        .buffer_unordered(64)
+        .filter(|failed| std::future::ready(*failed))
+        .count()
+        .await;
+    assert_eq!(failed, 0, "etcd puts failed");
+    eprintln!("registered {agents} simulated watchers in {:?}", populated.elapsed());
+    let daemon = start_daemon(&setup, "scale");
+    warm(daemon.port).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_full = rss_kib(daemon.pid());
+    let per_agent = (rss_full as f64 - rss_empty as f64) / agents as f64;
+    row(&mut rows, format!("daemon VmRSS, 1 agent → {agents} agents"), format!("{:.1} MiB → {:.1} MiB", rss_empty as f64 / 1024.0, rss_full as f64 / 1024.0), "—");
+    row(&mut rows, "memory per supervised agent", format!("{:.2} KiB", per_agent), "< 5 KiB");
+
+    // 3. Listing and fan-out status.
+    let started = Instant::now();
+    let (status, body) = call(&client, &setup, daemon.port, "GET", "/v1/agents").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["agents"].as_array().map(Vec::len), Some(agents + 1));
+    row(&mut rows, format!("`GET /v1/agents`, {} agents, cached state", agents + 1), format!("{:.0} ms", started.elapsed().as_secs_f64() * 1000.0), "—");
+    let mut fan = Vec::new();
+    for run in 0..6 {
+        let before = chrono::Utc::now();
+        let started = Instant::now();
+        let (status, body) = call(&client, &setup, daemon.port, "GET", "/v1/agents?scaling_group=bench-1k&refresh=true").await;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        assert_eq!(status, 200, "{body}");
+        let listed = body["agents"].as_array().unwrap();
+        assert_eq!(listed.len(), fanout);
+        for a in listed {
+            let w = &a["supervision"]["watcher"];
+            assert_eq!((w["reachable"].as_bool(), w["agent_status"].as_str()), (Some(true), Some("active")), "{a}");
+            let at: chrono::DateTime<chrono::Utc> = serde_json::from_value(w["at"].clone()).unwrap();
+            assert!(at >= before, "observation of {} is older than the request", a["id"]);
+        }
+        eprintln!("fan-out run {run}: {ms:.0} ms");
+        fan.push(ms);
+    }
+    let cold = fan.remove(0);
+    row(
+        &mut rows,
+        format!("`GET /v1/agents?refresh=true`, {fanout} agents (concurrency 64)"),
+        format!("first {cold:.0} ms (new connections), then median {:.0} ms, max {:.0} ms", percentile(fan.clone(), 0.5), percentile(fan, 1.0)),
+        "< 1 s",
+    );
+
+    // 4. Command throughput: restart `fanout` agents, `parallel` at a time, over HTTP.
+    let ids: Vec<String> = (0..fanout).map(|i| format!("i-sim-{i}")).collect();
+    let restart_all = |jobs: Vec<String>| {
+        let (client, setup, port) = (&client, &setup, daemon.port);
+        async move {
+            let started = Instant::now();
+            let statuses: Vec<(String, u16, Value)> = futures_util::stream::iter(jobs)
+                .map(|id| async move {
+                    let (s, b) = call(client, setup, port, "POST", &format!("/v1/agents/{id}/restart")).await;
+                    (id, s, b)
+                })
+                .buffer_unordered(parallel)
+                .collect()
+                .await;
+            let failed: Vec<_> = statuses.iter().filter(|(_, s, _)| *s != 200).collect();
+            assert!(failed.is_empty(), "{} restarts failed, first: {:?}", failed.len(), failed.iter().next());
+            started.elapsed()
+        }
+    };
+    let took = restart_all(ids.clone()).await;
+    assert_eq!(sims.total_commands(), fanout);
+    for p in &sims.ports()[..fanout] {
+        assert_eq!(sims.commands(*p).len(), 1, "port {p} did not see exactly one restart");
+    }
+    row(
+        &mut rows,
+        format!("restart {fanout} agents, {parallel} in flight (simulated restart {command_ms} ms)"),
+        format!("{:.2} s ({:.0} restarts/s; floor {:.2} s)", took.as_secs_f64(), fanout as f64 / took.as_secs_f64(), (fanout as f64 / parallel as f64) * command_ms as f64 / 1000.0),
+        "—",
+    );
+    // Serialisation under contention: every agent gets two restarts at once.
+    let doubled: Vec<String> = ids.iter().flat_map(|id| [id.clone(), id.clone()]).collect();
+    let took = restart_all(doubled).await;
+    let bad = sims.ports_with_overlapping_commands();
+    assert!(bad.is_empty() && sims.overlaps() == 0, "{} agents saw overlapping commands", bad.len());
+    assert_eq!(sims.total_commands(), fanout * 3);
+    row(
+        &mut rows,
+        format!("{} restarts, 2 at once per agent, {parallel} in flight", fanout * 2),
+        format!("{:.2} s; overlapping commands at any watcher: 0", took.as_secs_f64()),
+        "0 overlaps",
+    );
+    row(&mut rows, "daemon VmRSS after the fan-outs and restarts", format!("{:.1} MiB", rss_kib(daemon.pid()) as f64 / 1024.0), "—");
+
+    drop(daemon);
+    drop(sims);
+    let _ = etcd.delete_prefix("").await;
+    db.close();
+    rows
+}
