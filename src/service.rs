@@ -78,6 +78,7 @@ const ACTOR_SLACK: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct Supervisor {
     registry: Addr<RegistryActor>,
+    agents: actors::AgentTable,
     db: Db,
     directory: WatcherDirectory,
     settings: actors::ActorSettings,
@@ -100,8 +101,14 @@ fn mailbox(e: MailboxError) -> Problem {
 }
 
 impl Supervisor {
-    pub fn new(registry: Addr<RegistryActor>, db: Db, directory: WatcherDirectory, settings: actors::ActorSettings) -> Self {
-        Self { registry, db, directory, settings }
+    pub fn new(
+        registry: Addr<RegistryActor>,
+        agents: actors::AgentTable,
+        db: Db,
+        directory: WatcherDirectory,
+        settings: actors::ActorSettings,
+    ) -> Self {
+        Self { registry, agents, db, directory, settings }
     }
 
     /// Checks the database (a query), etcd (the watched mirror, else a direct read) and the actor system.
@@ -140,6 +147,9 @@ impl Supervisor {
     }
 
     async fn agent(&self, agent_id: &AgentId) -> Result<Addr<AgentActor>, Problem> {
+        if let Some(addr) = self.agents.get(agent_id) {
+            return Ok(addr);
+        }
         let bound = Duration::from_millis(self.settings.status_timeout.as_millis() as u64) + ACTOR_SLACK;
         self.registry.send(GetAgent { agent_id: agent_id.clone() }).timeout(bound).await.map_err(mailbox)?
     }

@@ -252,3 +252,69 @@ async fn database_cut_is_503_for_what_needs_it_and_recovers() {
     assert!(common::eventually(Duration::from_secs(10), || async { app.post("/v1/agents/i-db/restart", None).await.0 == 200 }).await, "did not recover");
     assert_eq!(app.get("/v1/agents").await.0, 200);
 }
+
+/// A watcher whose `GET /` takes `delay` and numbers its answers (`"call": n`), so a test can tell which requests
+/// shared a call. Commands answer at once.
+async fn counting_watcher(delay: Duration) -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>, actix_web::dev::ServerHandle) {
+    use std::sync::{Arc, atomic::{AtomicU64, Ordering}};
+    let calls = Arc::new(AtomicU64::new(0));
+    let counter = calls.clone();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = HttpServer::new(move || {
+        let counter = counter.clone();
+        App::new().default_service(web::to(move |req: HttpRequest| {
+            let counter = counter.clone();
+            async move {
+                if req.path() != "/" {
+                    return HttpResponse::Ok().json(json!({"result": "ok"}));
+                }
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                actix_rt::time::sleep(delay).await;
+                HttpResponse::Ok().json(json!({"agent-status": "active", "watcher-status": "active", "call": n}))
+            }
+        }))
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    (port, calls, handle)
+}
+
+#[actix_rt::test]
+async fn concurrent_status_requests_share_one_watcher_call_but_never_across_a_command() {
+    use std::sync::atomic::Ordering;
+    let app = TestApp::spawn().await;
+    let (port, calls, _h) = counting_watcher(Duration::from_millis(400)).await;
+    app.add_agent("i-flight").await;
+    app.register_watcher("i-flight", port).await;
+    let actor = app.running.supervisor.registry().send(GetAgent { agent_id: id("i-flight") }).await.unwrap().unwrap();
+
+    // Ten requests while one call is in flight: one watcher call answers them all.
+    let mut pending = Vec::new();
+    for _ in 0..10 {
+        let a = actor.clone();
+        pending.push(actix_rt::spawn(async move { a.send(GetWatcherStatus).await.unwrap().unwrap() }));
+    }
+    for p in pending {
+        assert_eq!(p.await.unwrap().data["call"], 1);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // A request that arrives after the call ended gets a call of its own.
+    assert_eq!(actor.send(GetWatcherStatus).await.unwrap().unwrap().data["call"], 2);
+
+    // A command between two status requests: the second does not join the call that began before the command.
+    let first = {
+        let a = actor.clone();
+        actix_rt::spawn(async move { a.send(GetWatcherStatus).await.unwrap().unwrap() })
+    };
+    actix_rt::time::sleep(Duration::from_millis(50)).await;
+    actor.send(WatcherAgentRestart { requester: "t".into() }).await.unwrap().unwrap();
+    let second = actor.send(GetWatcherStatus).await.unwrap().unwrap();
+    assert_eq!(first.await.unwrap().data["call"], 3);
+    assert_eq!(second.data["call"], 4, "the status after the restart came from a call made after it");
+}

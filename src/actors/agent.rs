@@ -3,7 +3,7 @@
 //! and how recent commands ended, probes the watcher on an interval, and audits every command in `agent_events`.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     time::{Duration, Instant},
 };
 
@@ -139,12 +139,38 @@ pub struct AgentActor {
     in_flight: Option<WatcherCommand>,
     observed: Option<Observation>,
     outcomes: VecDeque<CommandOutcome>,
-    probing: bool,
+    /// Watcher status calls in flight, each with the requests waiting for it (single flight).
+    flights: HashMap<u64, Flight>,
+    /// The flight new status requests may join.
+    joinable: Option<u64>,
+    next_flight: u64,
+    /// Bumped when a command starts and when it ends: a status call that began before a change of state is not
+    /// shared with requests that arrive after it.
+    generation: u64,
+}
+
+type StatusReply = oneshot::Sender<Result<GetWatcherStatusResult, Problem>>;
+
+/// One watcher status call and everyone waiting for its answer.
+struct Flight {
+    generation: u64,
+    waiters: Vec<StatusReply>,
 }
 
 impl AgentActor {
     pub fn new(id: AgentId, deps: Deps) -> Self {
-        Self { id, deps, queue: VecDeque::new(), in_flight: None, observed: None, outcomes: VecDeque::new(), probing: false }
+        Self {
+            id,
+            deps,
+            queue: VecDeque::new(),
+            in_flight: None,
+            observed: None,
+            outcomes: VecDeque::new(),
+            flights: HashMap::new(),
+            joinable: None,
+            next_flight: 0,
+            generation: 0,
+        }
     }
 
     fn enqueue(&mut self, command: Command, requester: String, ctx: &mut Context<Self>) -> ResponseFuture<Result<WatcherCommandResult, Problem>> {
@@ -175,11 +201,13 @@ impl AgentActor {
         self.deps.metrics.commands_queued.dec();
         self.deps.metrics.commands_in_flight.inc();
         self.in_flight = Some(next.command.watcher());
+        self.generation += 1;
         let Queued { command, requester, requested_at, reply } = next;
         let span = tracing::info_span!("command", agent.id = %self.id, action = command.watcher().as_str(), requester = %requester);
         let fut = tracing::Instrument::instrument(execute(self.id.clone(), self.deps.clone(), command, requester.clone(), requested_at), span);
         ctx.spawn(fut.into_actor(self).map(move |(result, observation, outcome), act, ctx| {
             act.in_flight = None;
+            act.generation += 1;
             act.deps.metrics.commands_in_flight.dec();
             if let Some(o) = observation {
                 act.observe(o);
@@ -229,16 +257,33 @@ impl AgentActor {
         self.observed = Some(o);
     }
 
-    fn probe(&mut self, ctx: &mut Context<Self>) {
-        if self.probing {
+    /// Asks the watcher for its status, sharing a call already in flight when no command has started or ended
+    /// since it began; `waiter` (if any) gets the answer. So a request is never answered by a call that had ended
+    /// before the request arrived, nor by one that began before the last change of state it could know about.
+    fn status(&mut self, waiter: Option<StatusReply>, ctx: &mut Context<Self>) {
+        let generation = self.generation;
+        if let Some(flight) = self.joinable.and_then(|id| self.flights.get_mut(&id)).filter(|f| f.generation == generation) {
+            flight.waiters.extend(waiter);
             return;
         }
-        self.probing = true;
+        let id = self.next_flight;
+        self.next_flight += 1;
+        self.flights.insert(id, Flight { generation, waiters: waiter.into_iter().collect() });
+        self.joinable = Some(id);
         let fut = fetch_status(self.id.clone(), self.deps.clone());
-        ctx.spawn(fut.into_actor(self).map(|(_, observation), act, _| {
-            act.probing = false;
+        ctx.spawn(fut.into_actor(self).map(move |(result, observation), act, _| {
             act.observe(observation);
+            if act.joinable == Some(id) {
+                act.joinable = None;
+            }
+            for w in act.flights.remove(&id).map(|f| f.waiters).unwrap_or_default() {
+                let _ = w.send(result.clone());
+            }
         }));
+    }
+
+    fn probe(&mut self, ctx: &mut Context<Self>) {
+        self.status(None, ctx);
     }
 }
 
@@ -259,14 +304,15 @@ impl Actor for AgentActor {
 }
 
 impl Handler<GetWatcherStatus> for AgentActor {
-    type Result = ResponseActFuture<Self, Result<GetWatcherStatusResult, Problem>>;
+    type Result = ResponseFuture<Result<GetWatcherStatusResult, Problem>>;
 
-    fn handle(&mut self, _: GetWatcherStatus, _: &mut Self::Context) -> Self::Result {
-        let fut = fetch_status(self.id.clone(), self.deps.clone());
-        Box::pin(fut.into_actor(self).map(|(result, observation), act, _| {
-            act.observe(observation);
-            result
-        }))
+    fn handle(&mut self, _: GetWatcherStatus, ctx: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.status(Some(tx), ctx);
+        let id = self.id.clone();
+        Box::pin(async move {
+            rx.await.unwrap_or_else(|_| Err(Problem::new(ErrorCode::ShuttingDown, "the status call was dropped").for_agent(id.as_str())))
+        })
     }
 }
 

@@ -1,7 +1,10 @@
 //! `RegistryActor`: owns the map of agent actors, creating one on first use (after checking the agent exists) and
 //! one for every agent in the database at start-up.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
 
 use actix::prelude::*;
 
@@ -12,15 +15,38 @@ use crate::{
     error::{ErrorCode, Problem},
 };
 
+/// The agent actors by id, shared read-mostly with request handlers so that a request for a known agent reaches its
+/// actor without a hop through the registry. Only the registry inserts.
+#[derive(Clone, Default)]
+pub struct AgentTable(Arc<RwLock<HashMap<AgentId, Addr<AgentActor>>>>);
+
+impl AgentTable {
+    pub fn get(&self, id: &AgentId) -> Option<Addr<AgentActor>> {
+        self.0.read().ok().and_then(|m| m.get(id).cloned())
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.read().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn entries(&self) -> Vec<(AgentId, Addr<AgentActor>)> {
+        self.0.read().map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default()
+    }
+}
+
 pub struct RegistryActor {
     deps: Deps,
-    agents: HashMap<AgentId, Addr<AgentActor>>,
+    agents: AgentTable,
     recalc: super::recalc::RecalcState,
 }
 
 impl RegistryActor {
     pub fn new(deps: Deps) -> Self {
-        Self { deps, agents: HashMap::new(), recalc: Default::default() }
+        Self { deps, agents: AgentTable::default(), recalc: Default::default() }
     }
 
     pub(super) fn recalc_state(&mut self) -> &mut super::recalc::RecalcState {
@@ -31,10 +57,19 @@ impl RegistryActor {
         &self.deps
     }
 
+    /// The table request handlers read.
+    pub fn table(&self) -> AgentTable {
+        self.agents.clone()
+    }
+
     fn actor_for(&mut self, id: AgentId) -> Addr<AgentActor> {
         let deps = self.deps.clone();
-        let addr = self.agents.entry(id.clone()).or_insert_with(|| AgentActor::new(id, deps).start()).clone();
-        self.deps.metrics.agents.set(self.agents.len() as i64);
+        let mut table = match self.agents.0.write() {
+            Ok(t) => t,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let addr = table.entry(id.clone()).or_insert_with(|| AgentActor::new(id, deps).start()).clone();
+        self.deps.metrics.agents.set(table.len() as i64);
         addr
     }
 }
@@ -55,7 +90,6 @@ impl Handler<GetAgent> for RegistryActor {
 
     fn handle(&mut self, msg: GetAgent, _: &mut Self::Context) -> Self::Result {
         if let Some(addr) = self.agents.get(&msg.agent_id) {
-            let addr = addr.clone();
             return Box::pin(async move { Ok(addr) }.into_actor(self));
         }
         let db = self.deps.db.clone();
@@ -108,7 +142,7 @@ pub struct ListAgentActors;
 impl Handler<ListAgentActors> for RegistryActor {
     type Result = MessageResult<ListAgentActors>;
     fn handle(&mut self, _: ListAgentActors, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.agents.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        MessageResult(self.agents.entries())
     }
 }
 
