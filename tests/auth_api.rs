@@ -274,14 +274,7 @@ async fn non_superadmin_is_forbidden_on_admin_routes_but_authenticated_elsewhere
 
 #[actix_rt::test]
 async fn database_down_is_503_for_keys_not_verified_recently() {
-    let proxy = common::procs::TcpProxy::start(&common::admin_url());
-    let db = common::TestDb::new().await;
-    let proxied = proxy.rewrite(&db.url);
-    let app = TestApp::spawn_with(|c| {
-        c.database.url = agent_supervisor::config::Secret::new(proxied.clone());
-        c.database.connect_timeout_ms = 500;
-    })
-    .await;
+    let (app, proxy) = TestApp::spawn_behind_db_proxy(|_| {}).await;
     let other = app.add_keypair(true, true).await;
     assert_eq!(app.get("/v1/whoami").await.0, 200);
 

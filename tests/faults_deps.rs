@@ -7,27 +7,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    procs::{PrivateEtcd, TcpProxy},
+    procs::PrivateEtcd,
     supervisor::{TOKEN, TestApp},
-    watcher::WatcherProcess,
+    watcher::{running_watcher, slow_service},
 };
 use serde_json::Value;
-
-fn slow_service(log: &std::path::Path, secs: &str) -> Vec<String> {
-    let l = log.display();
-    vec![
-        "sh".into(),
-        "-c".into(),
-        format!(r#"echo "start $$" >> {l}; trap 'sleep {secs}; echo "stop $$" >> {l}; exit 0' TERM; while :; do sleep 0.05; done"#),
-    ]
-}
-
-fn process_watcher(cmd: &[String]) -> WatcherProcess {
-    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
-    let w = WatcherProcess::process_backend(TOKEN, &cmd, &[]);
-    assert!(w.wait_for_status("active", Duration::from_secs(5)), "the service did not come up");
-    w
-}
 
 #[actix_rt::test]
 async fn etcd_stopped_mid_command_then_restarted_the_watch_resumes() {
@@ -41,7 +25,7 @@ async fn etcd_stopped_mid_command_then_restarted_the_watch_resumes() {
     .await;
     let d = tempfile::tempdir().unwrap();
     let cmd = slow_service(&d.path().join("s.log"), "1.5");
-    let w = process_watcher(&cmd);
+    let w = running_watcher(TOKEN, &cmd, &[]);
     app.add_agent("i-etcd-mid").await;
     app.register_watcher("i-etcd-mid", w.port()).await;
 
@@ -69,7 +53,7 @@ async fn etcd_stopped_mid_command_then_restarted_the_watch_resumes() {
     // moves to another port and the daemon finds it there.
     etcd.restart();
     assert!(common::eventually(Duration::from_secs(15), || async { app.running.directory.is_synced() }).await, "no re-sync");
-    let moved = process_watcher(&cmd);
+    let moved = running_watcher(TOKEN, &cmd, &[]);
     drop(w);
     app.register_watcher("i-etcd-mid", moved.port()).await;
     let (status, body) = app.get("/resource/watcher?agent_id=i-etcd-mid").await;
@@ -80,25 +64,10 @@ async fn etcd_stopped_mid_command_then_restarted_the_watch_resumes() {
 
 #[actix_rt::test]
 async fn database_cut_mid_command_leaves_no_open_audit_row_once_it_returns() {
-    let proxy = TcpProxy::start(&common::admin_url());
-    let db = common::TestDb::new().await;
-    let proxied = proxy.rewrite(&db.url);
-    let app = TestApp::spawn_with(|c| {
-        c.database.url = agent_supervisor::config::Secret::new(proxied.clone());
-        c.database.connect_timeout_ms = 500;
-        c.watcher.command_timeout_ms = 8_000;
-    })
-    .await;
-    let mut conn = db.db.conn().await.unwrap();
-    use diesel_async::RunQueryDsl;
-    diesel::sql_query("INSERT INTO scaling_groups (name) VALUES ('default')").execute(&mut conn).await.unwrap();
-    diesel::sql_query("INSERT INTO agents (id, region, addr, version, architecture) VALUES ('i-db-mid', 'r', 'tcp://127.0.0.1:1', 'v', 'x86_64')")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    drop(conn);
+    let (app, proxy) = TestApp::spawn_behind_db_proxy(|c| c.watcher.command_timeout_ms = 8_000).await;
+    app.add_agent("i-db-mid").await;
     let d = tempfile::tempdir().unwrap();
-    let w = process_watcher(&slow_service(&d.path().join("s.log"), "1.5"));
+    let w = running_watcher(TOKEN, &slow_service(&d.path().join("s.log"), "1.5"), &[]);
     app.register_watcher("i-db-mid", w.port()).await;
 
     // The audit row is written, then the database goes away while the watcher restarts the agent, and comes back

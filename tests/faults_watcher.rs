@@ -14,26 +14,9 @@ use std::{
 
 use common::{
     supervisor::{TOKEN, TestApp},
-    watcher::WatcherProcess,
+    watcher::{running_watcher, slow_service},
 };
 use serde_json::Value;
-
-/// A service whose SIGTERM handling takes `secs`.
-fn slow_service(log: &std::path::Path, secs: &str) -> Vec<String> {
-    let l = log.display();
-    vec![
-        "sh".into(),
-        "-c".into(),
-        format!(r#"echo "start $$" >> {l}; trap 'sleep {secs}; echo "stop $$" >> {l}; exit 0' TERM; while :; do sleep 0.05; done"#),
-    ]
-}
-
-fn process_watcher(cmd: &[String]) -> WatcherProcess {
-    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
-    let w = WatcherProcess::process_backend(TOKEN, &cmd, &[]);
-    assert!(w.wait_for_status("active", Duration::from_secs(5)), "the service did not come up");
-    w
-}
 
 /// A fake watcher on 127.0.0.1: `serve` gets every accepted connection (after the request head was read) on a
 /// thread of its own.
@@ -81,7 +64,7 @@ async fn watcher_killed_mid_command_is_502_audited_failed_and_the_next_command_w
     let app = TestApp::spawn_with(|c| c.watcher.command_timeout_ms = 8_000).await;
     let d = tempfile::tempdir().unwrap();
     let cmd = slow_service(&d.path().join("s.log"), "2");
-    let mut w = process_watcher(&cmd);
+    let mut w = running_watcher(TOKEN, &cmd, &[]);
     app.add_agent("i-k9").await;
     app.register_watcher("i-k9", w.port()).await;
 
@@ -109,7 +92,7 @@ async fn watcher_killed_mid_command_is_502_audited_failed_and_the_next_command_w
     assert_eq!(Some(body["event_id"].as_i64().unwrap()), ev[0]["id"].as_i64(), "the error names the audit row");
 
     // The node's watcher comes back (on another port, as after a reboot): the next command works.
-    let w2 = process_watcher(&cmd);
+    let w2 = running_watcher(TOKEN, &cmd, &[]);
     app.register_watcher("i-k9", w2.port()).await;
     let (status, body) = app.post("/v1/agents/i-k9/restart", None).await;
     assert_eq!(status, 200, "{body}");
@@ -213,7 +196,7 @@ async fn watcher_dribbling_headers_is_504_within_the_status_timeout() {
 async fn refresh_listing_asks_every_watcher_under_the_concurrency_limit() {
     let app = TestApp::spawn_with(|c| c.watcher.refresh_concurrency = 2).await; // status timeout 1 s
     let d = tempfile::tempdir().unwrap();
-    let up = process_watcher(&slow_service(&d.path().join("s.log"), "0"));
+    let up = running_watcher(TOKEN, &slow_service(&d.path().join("s.log"), "0"), &[]);
     app.add_agent("i-up").await;
     app.register_watcher("i-up", up.port()).await;
     let closed = common::procs::free_port();

@@ -13,7 +13,7 @@ use std::{
 
 use common::{
     TestDb, TestEtcd,
-    procs::{PrivateEtcd, TcpProxy, free_port, http_signed, wait_for_port},
+    procs::{PrivateEtcd, free_port, http_signed, wait_for_port},
     supervisor::{TOKEN, TestApp, create_keypair},
     watcher::WatcherProcess,
 };
@@ -161,14 +161,11 @@ fn the_watcher_notifies_systemd_too() {
 #[actix_rt::test]
 async fn readiness_names_the_failed_dependency_and_metrics_need_their_token() {
     let mut etcd = PrivateEtcd::start();
-    let proxy = TcpProxy::start(&common::admin_url());
     let metrics_port = free_port();
     let endpoint = etcd.endpoint();
-    let app = TestApp::spawn_with(|c| {
+    let (app, proxy) = TestApp::spawn_behind_db_proxy(|c| {
         c.etcd.endpoints = vec![endpoint.clone()];
         c.etcd.timeout_ms = 500;
-        c.database.url = agent_supervisor::config::Secret::new(proxy.rewrite(c.database.url.expose()));
-        c.database.connect_timeout_ms = 500;
         c.metrics.token = Some(agent_supervisor::config::Secret::new("m-token"));
         c.metrics.listen = Some(format!("127.0.0.1:{metrics_port}"));
     })

@@ -15,7 +15,7 @@ use agent_supervisor::{
 use common::{
     procs::PrivateEtcd,
     supervisor::{TOKEN, TestApp},
-    watcher::WatcherProcess,
+    watcher::{WatcherProcess, running_watcher, slow_service},
 };
 use serde_json::json;
 
@@ -23,22 +23,8 @@ fn id(s: &str) -> AgentId {
     AgentId::parse(s).unwrap()
 }
 
-/// A service whose SIGTERM handling takes `secs`, logging its lifecycle with timestamps.
-fn slow_service(log: &std::path::Path, secs: &str) -> Vec<String> {
-    let l = log.display();
-    vec![
-        "sh".into(),
-        "-c".into(),
-        format!(r#"echo "start $$" >> {l}; trap 'sleep {secs}; echo "stop $$" >> {l}; exit 0' TERM; while :; do sleep 0.05; done"#),
-    ]
-}
-
 async fn watched(app: &TestApp, agent: &str, cmd: &[String], extra: &[&str]) -> WatcherProcess {
-    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
-    let w = WatcherProcess::process_backend(TOKEN, &cmd, extra);
-    if !extra.contains(&"--no-autostart") {
-        assert!(w.wait_for_status("active", Duration::from_secs(5)), "the service did not come up");
-    }
+    let w = running_watcher(TOKEN, cmd, extra);
     app.add_agent(agent).await;
     app.register_watcher(agent, w.port()).await;
     w
@@ -213,27 +199,11 @@ async fn etcd_stopped_is_503_and_the_daemon_recovers_when_it_returns() {
 
 #[actix_rt::test]
 async fn database_cut_is_503_for_what_needs_it_and_recovers() {
-    let proxy = common::procs::TcpProxy::start(&common::admin_url());
-    let db = common::TestDb::new().await;
-    let proxied = proxy.rewrite(&db.url);
-    let app = TestApp::spawn_with(|c| {
-        c.database.url = agent_supervisor::config::Secret::new(proxied.clone());
-        c.database.connect_timeout_ms = 500;
-    })
-    .await;
-    // The agent lives in the database behind the proxy.
-    let mut conn = db.db.conn().await.unwrap();
-    use diesel_async::RunQueryDsl;
-    diesel::sql_query("INSERT INTO scaling_groups (name) VALUES ('default')").execute(&mut conn).await.unwrap();
-    diesel::sql_query("INSERT INTO agents (id, region, addr, version, architecture) VALUES ('i-db', 'r', 'tcp://127.0.0.1:1', 'v', 'x86_64'), ('i-db2', 'r', 'tcp://127.0.0.1:1', 'v', 'x86_64')")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    let (app, proxy) = TestApp::spawn_behind_db_proxy(|_| {}).await;
+    app.add_agent("i-db").await;
+    app.add_agent("i-db2").await;
     let d = tempfile::tempdir().unwrap();
-    let cmd = slow_service(&d.path().join("s.log"), "0");
-    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
-    let w = WatcherProcess::process_backend(TOKEN, &cmd, &[]);
-    assert!(w.wait_for_status("active", Duration::from_secs(5)));
+    let w = running_watcher(TOKEN, &slow_service(&d.path().join("s.log"), "0"), &[]);
     app.register_watcher("i-db", w.port()).await;
     app.register_watcher("i-db2", w.port()).await;
     assert_eq!(app.get("/resource/watcher?agent_id=i-db").await.0, 200);

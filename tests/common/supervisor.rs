@@ -95,6 +95,18 @@ impl TestApp {
         Self { url, host, admin, db, etcd, running, config }
     }
 
+    /// A daemon whose database connections go through a TCP proxy the test can cut and restore.
+    pub async fn spawn_behind_db_proxy(tweak: impl FnOnce(&mut Config)) -> (Self, super::procs::TcpProxy) {
+        let proxy = super::procs::TcpProxy::start(&super::admin_url());
+        let app = Self::spawn_with(|c| {
+            c.database.url = agent_supervisor::config::Secret::new(proxy.rewrite(c.database.url.expose()));
+            c.database.connect_timeout_ms = 500;
+            tweak(c);
+        })
+        .await;
+        (app, proxy)
+    }
+
     pub async fn sql(&self, sql: &str) {
         let mut conn = self.db.db.conn().await.unwrap();
         diesel::sql_query(sql).execute(&mut conn).await.unwrap();

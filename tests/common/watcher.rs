@@ -309,3 +309,23 @@ exit 0
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 }
+
+/// `sh -c` running a service that logs `start PID` / `stop PID` to `log` and takes `secs` seconds to handle SIGTERM.
+pub fn slow_service(log: &Path, secs: &str) -> Vec<String> {
+    let l = log.display();
+    vec![
+        "sh".into(),
+        "-c".into(),
+        format!(r#"echo "start $$" >> {l}; trap 'sleep {secs}; echo "stop $$" >> {l}; exit 0' TERM; while :; do sleep 0.05; done"#),
+    ]
+}
+
+/// A process back-end watcher supervising `cmd`, once the service is up (unless `--no-autostart` is in `extra`).
+pub fn running_watcher(token: &str, cmd: &[String], extra: &[&str]) -> WatcherProcess {
+    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    let w = WatcherProcess::process_backend(token, &cmd, extra);
+    if !extra.contains(&"--no-autostart") {
+        assert!(w.wait_for_status("active", Duration::from_secs(5)), "the service did not come up");
+    }
+    w
+}
