@@ -111,17 +111,10 @@ pub async fn watcher_status(_who: Superadmin, req: HttpRequest, body: Body, stat
     request_body(content = Option<AgentRef>, content_type = "application/json"),
     responses(
         (status = 200, description = "The watcher's JSON, verbatim", body = WatcherCommandReport),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::WatcherUnauthorized),
-        (status = 403, response = super::openapi::WatcherForbidden),
-        (status = 404, response = super::openapi::AgentNotFound),
+        super::openapi::WatcherCommandErrors,
         (status = 409, description = "`agent_already_running`", body = super::openapi::ProblemDocument, content_type = "application/problem+json"),
         (status = 413, response = super::openapi::PayloadTooLarge),
-        (status = 429, response = super::openapi::AgentBusy),
         (status = 500, description = "`agent_start_failed` (with the watcher's reason) or `internal_error`", body = super::openapi::ProblemDocument, content_type = "application/problem+json"),
-        (status = 502, response = super::openapi::WatcherBadGateway),
-        (status = 503, response = super::openapi::Unavailable),
-        (status = 504, response = super::openapi::WatcherTimeout),
     ),
     security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
 pub async fn watcher_start(who: Superadmin, req: HttpRequest, body: Body, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
@@ -140,17 +133,10 @@ pub async fn watcher_start(who: Superadmin, req: HttpRequest, body: Body, state:
     request_body(content = Option<StopRef>, content_type = "application/json"),
     responses(
         (status = 200, description = "The watcher's JSON, verbatim", body = WatcherCommandReport),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::WatcherUnauthorized),
-        (status = 403, response = super::openapi::WatcherForbidden),
-        (status = 404, response = super::openapi::AgentNotFound),
+        super::openapi::WatcherCommandErrors,
         (status = 409, description = "`agent_already_stopped`, or `agent_has_running_kernels` (with `kernel_count`)", body = super::openapi::ProblemDocument, content_type = "application/problem+json"),
         (status = 413, response = super::openapi::PayloadTooLarge),
-        (status = 429, response = super::openapi::AgentBusy),
         (status = 500, description = "`agent_stop_failed` (with the watcher's reason) or `internal_error`", body = super::openapi::ProblemDocument, content_type = "application/problem+json"),
-        (status = 502, response = super::openapi::WatcherBadGateway),
-        (status = 503, response = super::openapi::Unavailable),
-        (status = 504, response = super::openapi::WatcherTimeout),
     ),
     security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
 pub async fn watcher_stop(who: Superadmin, req: HttpRequest, body: Body, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
@@ -169,16 +155,9 @@ pub async fn watcher_stop(who: Superadmin, req: HttpRequest, body: Body, state: 
     request_body(content = Option<AgentRef>, content_type = "application/json"),
     responses(
         (status = 200, description = "The watcher's JSON, verbatim", body = WatcherCommandReport),
-        (status = 400, response = super::openapi::BadRequest),
-        (status = 401, response = super::openapi::WatcherUnauthorized),
-        (status = 403, response = super::openapi::WatcherForbidden),
-        (status = 404, response = super::openapi::AgentNotFound),
+        super::openapi::WatcherCommandErrors,
         (status = 413, response = super::openapi::PayloadTooLarge),
-        (status = 429, response = super::openapi::AgentBusy),
         (status = 500, description = "`agent_restart_failed` (with the watcher's reason) or `internal_error`", body = super::openapi::ProblemDocument, content_type = "application/problem+json"),
-        (status = 502, response = super::openapi::WatcherBadGateway),
-        (status = 503, response = super::openapi::Unavailable),
-        (status = 504, response = super::openapi::WatcherTimeout),
     ),
     security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
 pub async fn watcher_restart(who: Superadmin, req: HttpRequest, body: Body, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {

@@ -124,6 +124,28 @@ problem_response! {
     RpcTimeout = "`agent_rpc_timeout`: the agent's RPC call timed out";
 }
 
+/// The errors every watcher command route can answer (start, stop and restart, Backend.AI-compatible and `/v1`);
+/// each route adds its own 409 and 500.
+pub struct WatcherCommandErrors;
+
+impl utoipa::IntoResponses for WatcherCommandErrors {
+    fn responses() -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::response::Response>> {
+        [
+            ("400", "BadRequest"),
+            ("401", "WatcherUnauthorized"),
+            ("403", "WatcherForbidden"),
+            ("404", "AgentNotFound"),
+            ("429", "AgentBusy"),
+            ("502", "WatcherBadGateway"),
+            ("503", "Unavailable"),
+            ("504", "WatcherTimeout"),
+        ]
+        .into_iter()
+        .map(|(status, name)| (status.to_owned(), utoipa::openapi::RefOr::Ref(utoipa::openapi::Ref::from_response_name(name))))
+        .collect()
+    }
+}
+
 /// The security schemes: Backend.AI's request signing needs three headers together.
 struct Security;
 

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use super::{
     AppState, Authenticated, Superadmin,
     openapi::{
-        AgentBusy, AgentNotFound, BadRequest, Forbidden, InternalError, ProblemDocument, RpcBadGateway,
+        AgentNotFound, BadRequest, Forbidden, InternalError, ProblemDocument, RpcBadGateway,
         RpcTimeout, Unauthorized, Unavailable, WatcherBadGateway, WatcherForbidden, WatcherReport, WatcherTimeout,
         WatcherUnauthorized,
     },
@@ -137,16 +137,9 @@ fn command_reply(r: WatcherCommandActionResult) -> HttpResponse {
     params(("id" = String, Path, description = "The agent id")),
     responses(
         (status = 200, description = "Started", body = CommandReply),
-        (status = 400, response = BadRequest),
-        (status = 401, response = WatcherUnauthorized),
-        (status = 403, response = WatcherForbidden),
-        (status = 404, response = AgentNotFound),
+        super::openapi::WatcherCommandErrors,
         (status = 409, description = "`agent_already_running`", body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 429, response = AgentBusy),
         (status = 500, description = "`agent_start_failed` (with the watcher's reason) or `internal_error`", body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 502, response = WatcherBadGateway),
-        (status = 503, response = Unavailable),
-        (status = 504, response = WatcherTimeout),
     ),
     security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
 pub async fn start(who: Superadmin, req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
@@ -162,16 +155,9 @@ pub async fn start(who: Superadmin, req: HttpRequest, path: web::Path<String>, s
     ),
     responses(
         (status = 200, description = "Stopped", body = CommandReply),
-        (status = 400, response = BadRequest),
-        (status = 401, response = WatcherUnauthorized),
-        (status = 403, response = WatcherForbidden),
-        (status = 404, response = AgentNotFound),
+        super::openapi::WatcherCommandErrors,
         (status = 409, description = "`agent_already_stopped`, or `agent_has_running_kernels` (with `kernel_count`)", body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 429, response = AgentBusy),
         (status = 500, description = "`agent_stop_failed` (with the watcher's reason) or `internal_error`", body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 502, response = WatcherBadGateway),
-        (status = 503, response = Unavailable),
-        (status = 504, response = WatcherTimeout),
     ),
     security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
 pub async fn stop(who: Superadmin, req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
@@ -184,15 +170,8 @@ pub async fn stop(who: Superadmin, req: HttpRequest, path: web::Path<String>, st
     params(("id" = String, Path, description = "The agent id")),
     responses(
         (status = 200, description = "Restarted (a stopped agent is started)", body = CommandReply),
-        (status = 400, response = BadRequest),
-        (status = 401, response = WatcherUnauthorized),
-        (status = 403, response = WatcherForbidden),
-        (status = 404, response = AgentNotFound),
-        (status = 429, response = AgentBusy),
+        super::openapi::WatcherCommandErrors,
         (status = 500, description = "`agent_restart_failed` (with the watcher's reason) or `internal_error`", body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 502, response = WatcherBadGateway),
-        (status = 503, response = Unavailable),
-        (status = 504, response = WatcherTimeout),
     ),
     security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
 pub async fn restart(who: Superadmin, req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
