@@ -5,7 +5,7 @@
 mod common;
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::Child,
     time::{Duration, Instant},
 };
 
@@ -13,8 +13,8 @@ use agent_supervisor::{api::COMPAT_API_VERSION, auth::signing};
 use common::{
     TestDb, TestEtcd,
     procs::{free_port, wait_for_port},
-    supervisor::{Creds, TOKEN, create_keypair},
-    watcher::WatcherProcess,
+    supervisor::{Creds, TOKEN, create_keypair, serve_command},
+    watcher::{running_watcher, slow_service},
 };
 use serde_json::Value;
 
@@ -28,17 +28,9 @@ impl Daemon {
     fn start(db: &TestDb, etcd: &TestEtcd, port: u16, dir: &std::path::Path, n: u32) -> Self {
         let log = dir.join(format!("daemon-{n}.log"));
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_agent-supervisor"))
-            .arg("serve")
-            .env("AGENT_SUPERVISOR_DATABASE_URL", &db.url)
+        let child = serve_command(&db.url, etcd, port)
             .env("AGENT_SUPERVISOR_DATABASE_RUN_MIGRATIONS", "false")
-            .env("AGENT_SUPERVISOR_ETCD_ENDPOINTS", &etcd.endpoint)
-            .env("AGENT_SUPERVISOR_ETCD_NAMESPACE", &etcd.namespace)
-            .env("AGENT_SUPERVISOR_API_LISTEN", format!("127.0.0.1:{port}"))
-            .env("AGENT_SUPERVISOR_WATCHER_TOKEN", TOKEN)
-            .env("AGENT_SUPERVISOR_WATCHER_PROBE_INTERVAL_S", "0")
             .env("AGENT_SUPERVISOR_WATCHER_COMMAND_TIMEOUT_MS", "10000")
-            .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
@@ -96,21 +88,9 @@ async fn daemon_killed_during_a_command_records_it_interrupted_and_the_next_comm
     let etcd = TestEtcd::new();
     let creds = create_keypair(&db.config(), true, true).await;
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("service.log");
-    let l = log.display();
     // A restart of this service takes about 2 s (its SIGTERM handling).
-    let service = format!(r#"echo "start $$" >> {l}; trap 'sleep 2; echo "stop $$" >> {l}; exit 0' TERM; while :; do sleep 0.05; done"#);
-    let w = WatcherProcess::process_backend(TOKEN, &["sh", "-c", &service], &[]);
-    assert!(w.wait_for_status("active", Duration::from_secs(5)));
-    {
-        use diesel_async::RunQueryDsl;
-        let mut conn = db.db.conn().await.unwrap();
-        diesel::sql_query("INSERT INTO scaling_groups (name) VALUES ('default')").execute(&mut conn).await.unwrap();
-        diesel::sql_query("INSERT INTO agents (id, region, addr, version, architecture) VALUES ('i-crash', 'r', 'tcp://127.0.0.1:1', 'v', 'x86_64')")
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
+    let w = running_watcher(TOKEN, &slow_service(&dir.path().join("service.log"), "2"), &[]);
+    db.add_agent("i-crash").await;
     etcd.register("i-crash", "127.0.0.1", Some(w.port())).await;
 
     let port = free_port();

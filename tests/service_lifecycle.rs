@@ -14,8 +14,8 @@ use std::{
 use common::{
     TestDb, TestEtcd,
     procs::{PrivateEtcd, free_port, http_signed, wait_for_port},
-    supervisor::{TOKEN, TestApp, create_keypair},
-    watcher::WatcherProcess,
+    supervisor::{TOKEN, TestApp, create_keypair, serve_command},
+    watcher::{WatcherProcess, running_watcher, slow_service},
 };
 use diesel_async::RunQueryDsl;
 
@@ -50,34 +50,15 @@ async fn serve_notifies_systemd_drains_a_slow_restart_on_sigterm_and_keeps_secre
     let dir = tempfile::tempdir().unwrap();
 
     // An agent whose service needs 2 s to stop, under a real watcher.
-    let log = dir.path().join("service.log");
-    let service = format!(r#"echo "start $$" >> {l}; trap 'sleep 2; echo "stop $$" >> {l}; exit 0' TERM; while :; do sleep 0.05; done"#, l = log.display());
-    let watcher = WatcherProcess::process_backend(TOKEN, &["sh", "-c", &service], &["--stop-timeout-ms", "5000"]);
-    assert!(watcher.wait_for_status("active", Duration::from_secs(5)));
-    {
-        let mut conn = db.db.conn().await.unwrap();
-        diesel::sql_query("INSERT INTO scaling_groups (name) VALUES ('default')").execute(&mut conn).await.unwrap();
-        diesel::sql_query("INSERT INTO agents (id, region, addr, version, architecture) VALUES ('i-svc', 'r', 'tcp://127.0.0.1:1', 'v', 'x86_64')")
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
+    let watcher = running_watcher(TOKEN, &slow_service(&dir.path().join("service.log"), "2"), &["--stop-timeout-ms", "5000"]);
+    db.add_agent("i-svc").await;
     etcd.register("i-svc", "127.0.0.1", Some(watcher.port())).await;
 
     let (socket, socket_path) = notify_socket(dir.path());
     let port = free_port();
     let db_url_with_password = db.url.replacen("postgres@", "postgres:db-password-never-logged@", 1);
     let logs = dir.path().join("daemon.log");
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_agent-supervisor"))
-        .arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("AGENT_SUPERVISOR_DATABASE_URL", &db_url_with_password)
-        .env("AGENT_SUPERVISOR_ETCD_ENDPOINTS", &etcd.endpoint)
-        .env("AGENT_SUPERVISOR_ETCD_NAMESPACE", &etcd.namespace)
-        .env("AGENT_SUPERVISOR_API_LISTEN", format!("127.0.0.1:{port}"))
-        .env("AGENT_SUPERVISOR_WATCHER_TOKEN", TOKEN)
-        .env("AGENT_SUPERVISOR_WATCHER_PROBE_INTERVAL_S", "0")
+    let mut daemon = serve_command(&db_url_with_password, &etcd, port)
         .env("AGENT_SUPERVISOR_METRICS_TOKEN", "metrics-token-never-logged")
         .env("AGENT_SUPERVISOR_LOG_FORMAT", "json")
         .env("AGENT_SUPERVISOR_LOG_LEVEL", "trace")

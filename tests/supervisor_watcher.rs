@@ -12,25 +12,13 @@ use std::{
 
 use common::{
     supervisor::{TOKEN, TestApp},
-    watcher::WatcherProcess,
+    watcher::{WatcherProcess, running_watcher, slow_service},
 };
 use serde_json::json;
 
-/// A child that runs until SIGTERM and logs its lifecycle.
-const SERVICE: &str = r#"echo "start $$" >> "$LOG"; trap 'echo "stop $$" >> "$LOG"; exit 0' TERM; while :; do sleep 0.05; done"#;
-
-fn service_cmd(log: &std::path::Path) -> Vec<String> {
-    vec!["sh".into(), "-c".into(), SERVICE.replace("$LOG", &log.display().to_string())]
-}
-
 async fn agent_with_watcher(app: &TestApp, id: &str, extra: &[&str]) -> (WatcherProcess, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let cmd = service_cmd(&dir.path().join("service.log"));
-    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
-    let watcher = WatcherProcess::process_backend(TOKEN, &cmd, extra);
-    if !extra.contains(&"--no-autostart") {
-        assert!(watcher.wait_for_status("active", Duration::from_secs(5)), "the service did not come up");
-    }
+    let watcher = running_watcher(TOKEN, &slow_service(&dir.path().join("service.log"), "0"), extra);
     app.add_agent(id).await;
     app.register_watcher(id, watcher.port()).await;
     (watcher, dir)
@@ -90,10 +78,7 @@ async fn s2_2_silent_watcher_times_out_and_the_next_call_works() {
 
     // The actor is still healthy: once the watcher is back, the next call works.
     let dir = tempfile::tempdir().unwrap();
-    let cmd = service_cmd(&dir.path().join("service.log"));
-    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
-    let watcher = WatcherProcess::process_backend(TOKEN, &cmd, &[]);
-    assert!(watcher.wait_for_status("active", Duration::from_secs(5)));
+    let watcher = running_watcher(TOKEN, &slow_service(&dir.path().join("service.log"), "0"), &[]);
     app.register_watcher("i-silent", watcher.port()).await;
     let (status, body) = app.get("/resource/watcher?agent_id=i-silent").await;
     assert_eq!((status, body["agent-status"].as_str()), (200, Some("active")), "{body}");
@@ -103,9 +88,7 @@ async fn s2_2_silent_watcher_times_out_and_the_next_call_works() {
 async fn s2_3_wrong_token_is_watcher_auth_failed_with_the_watchers_status() {
     let app = TestApp::spawn().await;
     let dir = tempfile::tempdir().unwrap();
-    let cmd = service_cmd(&dir.path().join("service.log"));
-    let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
-    let watcher = WatcherProcess::process_backend("a-different-token", &cmd, &[]);
+    let watcher = running_watcher("a-different-token", &slow_service(&dir.path().join("service.log"), "0"), &[]);
     app.add_agent("i-tok").await;
     app.register_watcher("i-tok", watcher.port()).await;
 
@@ -198,10 +181,7 @@ async fn s5_restart_running_and_stopped_agents() {
 async fn s5_3_restart_slower_than_the_command_timeout_is_504_and_the_next_command_is_served() {
     let app = TestApp::spawn_with(|c| c.watcher.command_timeout_ms = 1_500).await;
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("service.log");
-    let slow = format!(r#"echo "start $$" >> {l}; trap 'sleep 3; echo "stop $$" >> {l}; exit 0' TERM; while :; do sleep 0.05; done"#, l = log.display());
-    let watcher = WatcherProcess::process_backend(TOKEN, &["sh", "-c", &slow], &[]);
-    assert!(watcher.wait_for_status("active", Duration::from_secs(5)));
+    let watcher = running_watcher(TOKEN, &slow_service(&dir.path().join("service.log"), "3"), &[]);
     app.add_agent("i-slow").await;
     app.register_watcher("i-slow", watcher.port()).await;
 

@@ -108,6 +108,21 @@ impl TestDb {
     pub fn config(&self) -> DatabaseConfig {
         database_config(&self.url)
     }
+
+    pub async fn sql(&self, sql: &str) {
+        let mut conn = self.db.conn().await.unwrap();
+        diesel::sql_query(sql).execute(&mut conn).await.unwrap();
+    }
+
+    /// An ALIVE agent row in the default scaling group.
+    pub async fn add_agent(&self, id: &str) {
+        self.sql("INSERT INTO scaling_groups (name) VALUES ('default') ON CONFLICT DO NOTHING").await;
+        self.sql(&format!(
+            "INSERT INTO agents (id, region, addr, version, architecture, available_slots) \
+             VALUES ('{id}', 'local', 'tcp://127.0.0.1:6001', '23.09.10', 'x86_64', '{{\"cpu\": \"8\"}}')"
+        ))
+        .await;
+    }
 }
 
 pub fn database_config(url: &str) -> DatabaseConfig {

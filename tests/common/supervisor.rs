@@ -16,7 +16,6 @@ use agent_supervisor::{
     config::{Config, DatabaseConfig, Secret},
     db::{Db, keypairs, models::KeypairRow},
 };
-use diesel_async::RunQueryDsl;
 use serde_json::Value;
 
 use super::{TestDb, TestEtcd};
@@ -108,18 +107,12 @@ impl TestApp {
     }
 
     pub async fn sql(&self, sql: &str) {
-        let mut conn = self.db.db.conn().await.unwrap();
-        diesel::sql_query(sql).execute(&mut conn).await.unwrap();
+        self.db.sql(sql).await;
     }
 
     /// An ALIVE agent row in the default scaling group.
     pub async fn add_agent(&self, id: &str) {
-        self.sql("INSERT INTO scaling_groups (name) VALUES ('default') ON CONFLICT DO NOTHING").await;
-        self.sql(&format!(
-            "INSERT INTO agents (id, region, addr, version, architecture, available_slots) \
-             VALUES ('{id}', 'local', 'tcp://127.0.0.1:6001', '23.09.10', 'x86_64', '{{\"cpu\": \"8\"}}')"
-        ))
-        .await;
+        self.db.add_agent(id).await;
     }
 
     /// A RUNNING session with `n` RUNNING kernels on the agent.
@@ -208,4 +201,21 @@ pub async fn send(req: awc::ClientRequest, body: Option<Value>) -> (u16, Value) 
     let bytes = resp.body().limit(1 << 20).await.unwrap();
     let value = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     (status, value)
+}
+
+/// `agent-supervisor serve` as a process of its own, configured from the environment only (nothing inherited but
+/// `PATH`): the test's database and etcd namespace, `127.0.0.1:port`, the test watcher token, probing off.
+pub fn serve_command(db_url: &str, etcd: &TestEtcd, port: u16) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_agent-supervisor"));
+    cmd.arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AGENT_SUPERVISOR_DATABASE_URL", db_url)
+        .env("AGENT_SUPERVISOR_ETCD_ENDPOINTS", &etcd.endpoint)
+        .env("AGENT_SUPERVISOR_ETCD_NAMESPACE", &etcd.namespace)
+        .env("AGENT_SUPERVISOR_API_LISTEN", format!("127.0.0.1:{port}"))
+        .env("AGENT_SUPERVISOR_WATCHER_TOKEN", TOKEN)
+        .env("AGENT_SUPERVISOR_WATCHER_PROBE_INTERVAL_S", "0")
+        .stdin(std::process::Stdio::null());
+    cmd
 }
