@@ -1,5 +1,5 @@
-//! Dependencies failing while a command runs: etcd stopped mid-command and restarted, PostgreSQL cut mid-command
-//! and restored. (The basic "dependency down → 503, then recovers" cases are in `supervisor_faults`.)
+//! Dependencies failing while a command runs: etcd stopped mid-command and restarted, PostgreSQL stopped
+//! mid-command and started again, and PostgreSQL's network cut mid-command and restored. (The basic "dependency down → 503, then recovers" cases are in `supervisor_faults`.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    procs::PrivateEtcd,
+    procs::{PrivateEtcd, PrivatePostgres},
     supervisor::{TOKEN, TestApp},
     watcher::{running_watcher, slow_service},
 };
@@ -104,4 +104,65 @@ async fn database_cut_mid_command_leaves_no_open_audit_row_once_it_returns() {
     // And the next command works.
     let (status, body) = app.post("/v1/agents/i-db-mid/restart", None).await;
     assert_eq!(status, 200, "{body}");
+}
+
+#[actix_rt::test]
+async fn postgres_restarted_mid_command_the_outcome_is_recorded_and_the_next_command_works() {
+    // Declared first, dropped last: the server outlives the daemon and the test's database.
+    let pg = std::sync::Arc::new(PrivatePostgres::start());
+    let app = TestApp::spawn_on_private_postgres(&pg, |c| c.watcher.command_timeout_ms = 8_000).await;
+    app.add_agent("i-pg-restart").await;
+    let d = tempfile::tempdir().unwrap();
+    let w = running_watcher(TOKEN, &slow_service(&d.path().join("s.log"), "1.5"), &[]);
+    app.register_watcher("i-pg-restart", w.port()).await;
+    let (status, body) = app.post("/v1/agents/i-pg-restart/restart", None).await;
+    assert_eq!(status, 200, "the pool is warm before the restart: {body}");
+
+    // The audit row is written, then PostgreSQL shuts down (fast: every session ended) while the watcher restarts
+    // the agent, and starts again after the command has finished.
+    let (status, body, readiness) = {
+        let restart = app.post("/v1/agents/i-pg-restart/restart", None);
+        let bounce = async {
+            actix_rt::time::sleep(Duration::from_millis(300)).await;
+            let stopping = pg.clone();
+            actix_rt::task::spawn_blocking(move || stopping.stop()).await.unwrap();
+            actix_rt::time::sleep(Duration::from_millis(2_000)).await;
+            let (ready, body) = app.request("GET", "/readyz", None, None).await;
+            (ready, body)
+        };
+        let ((status, body), readiness) = futures_util::join!(restart, bounce);
+        (status, body, readiness)
+    };
+    eprintln!("restart while PostgreSQL was down: {status} {body}; readiness then: {readiness:?}");
+    assert_eq!(readiness.0, 503, "not ready while the database is down: {:?}", readiness.1);
+    assert!(readiness.1.to_string().contains("database"), "readiness names the database: {:?}", readiness.1);
+    // The watcher did restart the agent; the answer says so or says that the outcome could not be recorded.
+    assert!(matches!(status, 200 | 503), "{status} {body}");
+    if status == 503 {
+        assert_eq!(body["error_code"], "database_unavailable", "{body}");
+    }
+    pg.start_again();
+
+    // With PostgreSQL back, the daemon reconnects by itself, and the audit trail holds no command that is still
+    // "running".
+    let settled = common::eventually(Duration::from_secs(15), || async {
+        let (s, b) = app.get("/v1/agents/i-pg-restart/events").await;
+        s == 200 && b["events"].as_array().is_some_and(|e| e.len() == 2 && e.iter().all(|e| e["outcome"] != "running"))
+    })
+    .await;
+    let (_, events) = app.get("/v1/agents/i-pg-restart/events").await;
+    assert!(settled, "an audit row stayed open after PostgreSQL returned: {events}");
+    let latest: &Value = &events["events"][0];
+    assert!(latest["finished_at"].is_string(), "{latest}");
+    if status == 200 {
+        assert_eq!(latest["outcome"], "succeeded", "the audit row says what the caller was told: {latest}");
+    }
+    let (ready, body) = app.request("GET", "/readyz", None, None).await;
+    assert_eq!(ready, 200, "{body}");
+
+    // And the next command works and is recorded.
+    let (status, body) = app.post("/v1/agents/i-pg-restart/restart", None).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, events) = app.get("/v1/agents/i-pg-restart/events").await;
+    assert_eq!((events["events"].as_array().map(Vec::len), events["events"][0]["outcome"].as_str()), (Some(3), Some("succeeded")), "{events}");
 }

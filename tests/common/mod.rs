@@ -24,8 +24,12 @@ pub fn etcd_endpoint() -> String {
 }
 
 pub fn db_url(name: &str) -> String {
-    let admin = admin_url();
-    let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin);
+    db_url_on(&admin_url(), name)
+}
+
+/// The URL of database `name` on the server that `admin` points at.
+pub fn db_url_on(admin: &str, name: &str) -> String {
+    let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or_else(|| admin.to_owned());
     format!("{base}/{name}")
 }
 
@@ -33,10 +37,10 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple().to_string().get(..12).unwrap_or("x"))
 }
 
-async fn admin() -> AsyncPgConnection {
-    AsyncPgConnection::establish(&admin_url())
+async fn admin(url: &str) -> AsyncPgConnection {
+    AsyncPgConnection::establish(url)
         .await
-        .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {} ({e}); run the tests with scripts/test", admin_url()))
+        .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {url} ({e}); run the tests with scripts/test"))
 }
 
 /// Name of the migrated template database for the current migrations (a hash of their text).
@@ -66,13 +70,21 @@ pub struct TestDb {
     pub name: String,
     pub url: String,
     pub db: Db,
+    /// The server's administrative URL, to drop the database with.
+    admin: String,
 }
 
 impl TestDb {
+    /// On the shared test server.
     pub async fn new() -> Self {
+        Self::on(&admin_url()).await
+    }
+
+    /// On the server `admin` points at (a test's private PostgreSQL, say).
+    pub async fn on(admin_url: &str) -> Self {
         let tpl = template_name();
         let name = unique("as_test");
-        let mut conn = admin().await;
+        let mut conn = admin(admin_url).await;
         // One process at a time builds the template; creating from it is then a file copy.
         diesel::sql_query("SELECT pg_advisory_lock(727274)").execute(&mut conn).await.unwrap();
         let exists: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!(
@@ -85,24 +97,24 @@ impl TestDb {
             let building = format!("{tpl}_building");
             diesel::sql_query(format!("DROP DATABASE IF EXISTS {building}")).execute(&mut conn).await.unwrap();
             diesel::sql_query(format!("CREATE DATABASE {building}")).execute(&mut conn).await.unwrap();
-            db::run_migrations(&db_url(&building)).await.unwrap();
+            db::run_migrations(&db_url_on(admin_url, &building)).await.unwrap();
             diesel::sql_query(format!("ALTER DATABASE {building} RENAME TO {tpl}")).execute(&mut conn).await.unwrap();
         }
         diesel::sql_query(format!("CREATE DATABASE {name} TEMPLATE {tpl}")).execute(&mut conn).await.unwrap();
         diesel::sql_query("SELECT pg_advisory_unlock(727274)").execute(&mut conn).await.unwrap();
-        let url = db_url(&name);
+        let url = db_url_on(admin_url, &name);
         let db = Db::new(&database_config(&url)).unwrap();
-        Self { name, url, db }
+        Self { name, url, db, admin: admin_url.to_owned() }
     }
 
     /// An empty database (no migrations), for migration tests.
     pub async fn empty() -> Self {
         let name = unique("as_empty");
-        let mut conn = admin().await;
+        let mut conn = admin(&admin_url()).await;
         diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
         let url = db_url(&name);
         let db = Db::new(&database_config(&url)).unwrap();
-        Self { name, url, db }
+        Self { name, url, db, admin: admin_url() }
     }
 
     pub fn config(&self) -> DatabaseConfig {
@@ -133,10 +145,11 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         self.db.close();
         let name = self.name.clone();
+        let admin = self.admin.clone();
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
             rt.block_on(async move {
-                if let Ok(mut conn) = AsyncPgConnection::establish(&admin_url()).await {
+                if let Ok(mut conn) = AsyncPgConnection::establish(&admin).await {
                     let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
                 }
             });

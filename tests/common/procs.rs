@@ -100,6 +100,101 @@ impl Drop for PrivateEtcd {
     }
 }
 
+/// A PostgreSQL server of the test's own (the system's `initdb`/`pg_ctl`, as the `postgres` account when the tests
+/// run as root, which PostgreSQL refuses to run as), so that the test can stop and start it.
+pub struct PrivatePostgres {
+    pub port: u16,
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl PrivatePostgres {
+    pub fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .filter(|b| b.join("initdb").is_file())
+            .max_by_key(|b| b.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok()))
+            .expect("PostgreSQL (package postgresql) is required; scripts/test installs it");
+        let dir = tempfile::tempdir().unwrap();
+        let me = Self { port: free_port(), bin, dir };
+        if is_root() {
+            let chowned = Command::new("chown").arg("postgres").arg(me.dir.path()).status().unwrap();
+            assert!(chowned.success(), "cannot hand {} to the postgres account", me.dir.path().display());
+        }
+        let out = me
+            .tool("initdb")
+            .arg("-D")
+            .arg(me.data_dir())
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let conf = format!(
+            "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n",
+            me.port,
+            me.dir.path().display()
+        );
+        let mut file = std::fs::OpenOptions::new().append(true).open(me.data_dir().join("postgresql.conf")).unwrap();
+        std::io::Write::write_all(&mut file, conf.as_bytes()).unwrap();
+        me.start_again();
+        me
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn tool(&self, name: &str) -> Command {
+        let path = self.bin.join(name);
+        let mut cmd = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        };
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> std::process::Output {
+        let log = self.dir.path().join("server.log");
+        self.tool("pg_ctl").arg("-D").arg(self.data_dir()).arg("-l").arg(log).args(args).output().unwrap()
+    }
+
+    /// Starts the server (again) on the same port and data, and waits until it accepts connections.
+    pub fn start_again(&self) {
+        let out = self.pg_ctl(&["-w", "-t", "60", "start"]);
+        let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+        assert!(out.status.success(), "pg_ctl start failed: {}\n{log}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// A fast shutdown, as `systemctl stop postgresql` does: open sessions are ended, the server exits.
+    pub fn stop(&self) {
+        let out = self.pg_ctl(&["-m", "fast", "-w", "stop"]);
+        assert!(out.status.success(), "pg_ctl stop failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self.pg_ctl(&["-m", "immediate", "-w", "stop"]);
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// A TCP proxy to PostgreSQL that a test can cut (every connection dropped, new ones refused) and restore, to
 /// see how the daemon behaves when its database goes away and comes back.
 pub struct TcpProxy {

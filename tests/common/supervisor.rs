@@ -81,7 +81,19 @@ impl TestApp {
     /// Starts the daemon after `tweak` adjusts the configuration. Must run inside an actix system
     /// (`#[actix_rt::test]`).
     pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> Self {
-        let db = TestDb::new().await;
+        Self::spawn_on(TestDb::new().await, tweak).await
+    }
+
+    /// A daemon whose database lives on a PostgreSQL server of the test's own, which the test may stop and start.
+    pub async fn spawn_on_private_postgres(pg: &super::procs::PrivatePostgres, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::spawn_on(TestDb::on(&pg.admin_url()).await, |c| {
+            c.database.connect_timeout_ms = 500;
+            tweak(c);
+        })
+        .await
+    }
+
+    async fn spawn_on(db: TestDb, tweak: impl FnOnce(&mut Config)) -> Self {
         let etcd = TestEtcd::new();
         let mut config = test_config(&db, &etcd);
         tweak(&mut config);
