@@ -10,7 +10,8 @@
 //!
 //! Environment: `BENCH_AGENTS` (10000), `BENCH_FANOUT` (1000, also the number of agents restarted), `BENCH_PARALLEL`
 //! (100 restarts in flight), `BENCH_COMMAND_MS` (50: how long a simulated command takes), `WRK_DURATION` (10s),
-//! `WRK_CONNECTIONS` (8), `WRK_THREADS` (2).
+//! `WRK_CONNECTIONS` (8), `WRK_THREADS` (2), `BENCH_ONLY=proxy` (the status proxy rows only), `BENCH_PROFILE=<file>`
+//! (records the daemon with `perf record -g` into `<file>` while wrk drives the status proxy).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/support/sim_watcher.rs"]
@@ -37,6 +38,7 @@ use serde_json::Value;
 use sim_watcher::SimWatchers;
 
 const TOKEN: &str = "bench-watcher-token";
+const METRICS_TOKEN: &str = "bench-metrics-token";
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
@@ -52,7 +54,12 @@ fn free_port() -> u16 {
 
 /// A blocking `GET` with `Connection: close`; the status code, or 0 when nothing answered.
 fn http_status(port: u16, path: &str, headers: &[(&str, &str)]) -> u16 {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return 0 };
+    http_get(port, path, headers).split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// The raw response (head and body) to a `GET`.
+fn http_get(port: u16, path: &str, headers: &[(&str, &str)]) -> String {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
     for (k, v) in headers {
@@ -60,11 +67,20 @@ fn http_status(port: u16, path: &str, headers: &[(&str, &str)]) -> u16 {
     }
     req.push_str("\r\n");
     if s.write_all(req.as_bytes()).is_err() {
-        return 0;
+        return String::new();
     }
     let mut raw = String::new();
     let _ = s.read_to_string(&mut raw);
-    raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    raw
+}
+
+/// The sum of a Prometheus counter's samples whose labels contain `labels`, from the daemon's `/metrics`.
+fn counter(port: u16, name: &str, labels: &str) -> f64 {
+    let text = http_get(port, "/metrics", &[("Authorization", &format!("Bearer {METRICS_TOKEN}"))]);
+    text.lines()
+        .filter(|l| !l.starts_with('#') && l.contains(&format!("{name}{{")) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
 }
 
 fn wait_until(timeout: Duration, mut ok: impl FnMut() -> bool) -> bool {
@@ -134,6 +150,7 @@ fn start_daemon(s: &Setup, name: &str) -> Proc {
         .env("AGENT_SUPERVISOR_API_LISTEN", format!("127.0.0.1:{port}"))
         .env("AGENT_SUPERVISOR_WATCHER_TOKEN", TOKEN)
         .env("AGENT_SUPERVISOR_WATCHER_PROBE_INTERVAL_S", "0")
+        .env("AGENT_SUPERVISOR_METRICS_TOKEN", METRICS_TOKEN)
         .env("AGENT_SUPERVISOR_LOG_LEVEL", "warn")
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -345,8 +362,35 @@ async fn run(db_url: String) -> Vec<Row> {
         );
         assert_eq!(check, 200, "the precomputed signed request is not accepted");
         let direct = run_wrk("direct: GET / on agent-watcher", &format!("http://127.0.0.1:{port}/"), &[("X-BackendAI-Watcher-Token", TOKEN)], None);
+        let profile = std::env::var("BENCH_PROFILE").ok().map(|out| {
+            Command::new("perf")
+                .args(["record", "-g", "-o", &out, "-p", &daemon.pid().to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("perf is required for BENCH_PROFILE (package linux-perf)")
+        });
+        let (answered_before, calls_before) =
+            (counter(daemon.port, "http_requests_total", "status=\"200\""), counter(daemon.port, "watcher_calls_total", "kind=\"status\""));
         let proxied = run_wrk("through the daemon: GET /resource/watcher", &format!("http://127.0.0.1:{}{path}", daemon.port), &[], Some(&vars));
-        assert_eq!((direct.non2xx, proxied.non2xx), (0, 0), "non-2xx answers under load");
+        let answered = counter(daemon.port, "http_requests_total", "status=\"200\"") - answered_before;
+        let calls = counter(daemon.port, "watcher_calls_total", "kind=\"status\"") - calls_before;
+        if let Some(perf) = profile {
+            // SAFETY: plain kill(2) on our own child; SIGINT makes perf write its file and exit.
+            unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
+            let _ = perf.wait_with_output();
+        }
+        // Where the cost sits: the daemon's HTTP stack alone, and with signature verification.
+        let healthz = run_wrk("the daemon's HTTP stack: GET /healthz (unsigned)", &format!("http://127.0.0.1:{}/healthz", daemon.port), &[], None);
+        let whoami_h = signed_headers(&setup, daemon.port, "GET", "/v1/whoami");
+        let whoami_vars = [
+            ("SIGNED_DATE", whoami_h.date.clone()),
+            ("SIGNED_AUTHORIZATION", whoami_h.authorization.clone()),
+            ("SIGNED_VERSION", COMPAT_API_VERSION.to_owned()),
+            ("SIGNED_CONTENT_TYPE", "text/plain".to_owned()),
+        ];
+        let whoami = run_wrk("signature verification: GET /v1/whoami", &format!("http://127.0.0.1:{}/v1/whoami", daemon.port), &[], Some(&whoami_vars));
+        assert_eq!((direct.non2xx, proxied.non2xx, healthz.non2xx, whoami.non2xx), (0, 0, 0, 0), "non-2xx answers under load");
         row(&mut rows, "status direct (`GET /` on agent-watcher), wrk -c8 10 s", format!("{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms", direct.rps, direct.p50_ms, direct.p99_ms), "—");
         row(&mut rows, "status via daemon (`GET /resource/watcher`, signed)", format!("{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms", proxied.rps, proxied.p50_ms, proxied.p99_ms), "—");
         row(
@@ -355,8 +399,14 @@ async fn run(db_url: String) -> Vec<Row> {
             format!("{:.0} % of throughput, +{:.2} ms at p50", 100.0 * proxied.rps / direct.rps, proxied.p50_ms - direct.p50_ms),
             "≥ 80 %, < +1 ms",
         );
+        row(&mut rows, "status requests answered per watcher call (shared calls in flight)", format!("{:.2} ({answered:.0} requests, {calls:.0} calls)", answered / calls.max(1.0)), "—");
+        row(&mut rows, "daemon alone: `GET /healthz` (unsigned)", format!("{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms", healthz.rps, healthz.p50_ms, healthz.p99_ms), "—");
+        row(&mut rows, "daemon alone: `GET /v1/whoami` (signed)", format!("{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms", whoami.rps, whoami.p50_ms, whoami.p99_ms), "—");
         drop(daemon);
         drop(watcher);
+    }
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "proxy") {
+        return rows;
     }
 
     // 2. Memory per supervised agent: the same daemon with 1 agent and with `agents` agents (actors, etcd mirror).

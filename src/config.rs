@@ -137,11 +137,13 @@ pub struct ApiConfig {
     pub clock_skew_s: u64,
     /// On SIGTERM, how long in-flight requests (and so commands) may take to finish.
     pub shutdown_timeout_s: u64,
+    /// HTTP worker threads; 0 means one per physical CPU core.
+    pub workers: usize,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8091".to_owned(), max_body_bytes: 64 * 1024, clock_skew_s: 15 * 60, shutdown_timeout_s: 30 }
+        Self { listen: "127.0.0.1:8091".to_owned(), max_body_bytes: 64 * 1024, clock_skew_s: 15 * 60, shutdown_timeout_s: 30, workers: 0 }
     }
 }
 
@@ -380,7 +382,7 @@ fn section_fields(section: &str) -> &'static [&'static str] {
     match section {
         "database" => &["url", "max_connections", "connect_timeout_ms", "run_migrations"],
         "etcd" => &["endpoints", "namespace", "user", "password", "timeout_ms"],
-        "api" => &["listen", "max_body_bytes", "clock_skew_s", "shutdown_timeout_s"],
+        "api" => &["listen", "max_body_bytes", "clock_skew_s", "shutdown_timeout_s", "workers"],
         "metrics" => &["listen", "token"],
         "watcher" => &["token", "status_timeout_ms", "command_timeout_ms", "default_port", "probe_interval_s", "queue_capacity", "refresh_concurrency"],
         "agent_rpc" => &["timeout_ms", "manager_keypair"],

@@ -5,6 +5,7 @@
 mod agent;
 mod recalc;
 mod registry;
+mod status;
 mod sync;
 
 use std::time::Duration;
@@ -14,7 +15,8 @@ pub use agent::{
     WatcherAgentRestart, WatcherAgentStart, WatcherAgentStop, WatcherCommandResult,
 };
 pub use recalc::{RecalculateUsage, RecalculateUsageResult};
-pub use registry::{AgentTable, GetAgent, ListAgentActors, LoadAgents, Ping, RegistryActor};
+pub use registry::{AgentHandle, AgentTable, GetAgent, ListAgentActors, LoadAgents, Ping, RegistryActor};
+pub use status::{AgentShared, watcher_status};
 pub use sync::{SyncAgentRegistry, SyncAgentRegistryResult};
 
 use crate::{agent_rpc::AgentRpc, telemetry::metrics::Metrics, config::Config, db::Db, etcd::WatcherDirectory};
