@@ -375,6 +375,9 @@ async fn run(db_url: String) -> Vec<Row> {
         let proxied = run_wrk("through the daemon: GET /resource/watcher", &format!("http://127.0.0.1:{}{path}", daemon.port), &[], Some(&vars));
         let answered = counter(daemon.port, "http_requests_total", "status=\"200\"") - answered_before;
         let calls = counter(daemon.port, "watcher_calls_total", "kind=\"status\"") - calls_before;
+        // Slow watcher calls tell a stall at the watcher (or on the way to it) from one inside the daemon.
+        let slow_calls = counter(daemon.port, "watcher_call_duration_seconds_count", "kind=\"status\"")
+            - counter(daemon.port, "watcher_call_duration_seconds_bucket", "le=\"0.1\"");
         if let Some(perf) = profile {
             // SAFETY: plain kill(2) on our own child; SIGINT makes perf write its file and exit.
             unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
@@ -399,7 +402,7 @@ async fn run(db_url: String) -> Vec<Row> {
             format!("{:.0} % of throughput, +{:.2} ms at p50", 100.0 * proxied.rps / direct.rps, proxied.p50_ms - direct.p50_ms),
             "≥ 80 %, < +1 ms",
         );
-        row(&mut rows, "status requests answered per watcher call (shared calls in flight)", format!("{:.2} ({answered:.0} requests, {calls:.0} calls)", answered / calls.max(1.0)), "—");
+        row(&mut rows, "status requests answered per watcher call (shared calls in flight)", format!("{:.2} ({answered:.0} requests, {calls:.0} calls, {slow_calls:.0} of them over 100 ms)", answered / calls.max(1.0)), "—");
         row(&mut rows, "daemon alone: `GET /healthz` (unsigned)", format!("{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms", healthz.rps, healthz.p50_ms, healthz.p99_ms), "—");
         row(&mut rows, "daemon alone: `GET /v1/whoami` (signed)", format!("{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms", whoami.rps, whoami.p50_ms, whoami.p99_ms), "—");
         drop(daemon);
