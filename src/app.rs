@@ -84,7 +84,7 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
     let rpc = AgentRpc::new(&config.agent_rpc)?;
     let metrics = Metrics::new().map_err(|e| StartError::Metrics(e.to_string()))?;
     let deps = Deps { db: db.clone(), directory: directory.clone(), rpc, metrics: metrics.clone(), settings: settings.clone() };
-    let registry = RegistryActor::new(deps.clone());
+    let registry = RegistryActor::new(deps);
     let agents = registry.table();
     let registry = registry.start();
     match registry.send(LoadAgents).await {
@@ -93,7 +93,7 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
         Err(e) => tracing::warn!(error = %e, "registry did not answer"),
     }
     let auth = Authenticator::new(db.clone(), config.api.clock_skew_s);
-    let supervisor = Supervisor::new(registry, agents, deps);
+    let supervisor = Supervisor::new(registry, agents, db, directory.clone(), settings);
     let state = AppState { supervisor: supervisor.clone(), metrics, metrics_token: config.metrics.token.clone(), auth };
 
     let addr = listener.local_addr()?;

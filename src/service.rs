@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use crate::{
     actors::{
-        self, AgentHandle, AgentSnapshot, Deps, GetAgent, GetSnapshot, ListAgentActors, RecalculateUsage, RegistryActor,
-        SyncAgentRegistry, WatcherAgentRestart, WatcherAgentStart, WatcherAgentStop,
+        self, AgentActor, AgentSnapshot, GetAgent, GetSnapshot, GetWatcherStatus, ListAgentActors, RecalculateUsage,
+        RegistryActor, SyncAgentRegistry, WatcherAgentRestart, WatcherAgentStart, WatcherAgentStop,
     },
     db::{Db, models::{AgentEventRow, AgentRow}, queries},
     domain::AgentId,
@@ -79,7 +79,9 @@ const ACTOR_SLACK: Duration = Duration::from_secs(2);
 pub struct Supervisor {
     registry: Addr<RegistryActor>,
     agents: actors::AgentTable,
-    deps: Deps,
+    db: Db,
+    directory: WatcherDirectory,
+    settings: actors::ActorSettings,
 }
 
 /// What `/readyz` reports: each dependency's state, `None` when it is fine.
@@ -99,20 +101,26 @@ fn mailbox(e: MailboxError) -> Problem {
 }
 
 impl Supervisor {
-    pub fn new(registry: Addr<RegistryActor>, agents: actors::AgentTable, deps: Deps) -> Self {
-        Self { registry, agents, deps }
+    pub fn new(
+        registry: Addr<RegistryActor>,
+        agents: actors::AgentTable,
+        db: Db,
+        directory: WatcherDirectory,
+        settings: actors::ActorSettings,
+    ) -> Self {
+        Self { registry, agents, db, directory, settings }
     }
 
     /// Checks the database (a query), etcd (the watched mirror, else a direct read) and the actor system.
     pub async fn readiness(&self) -> Readiness {
-        let database = match async { diesel_async::RunQueryDsl::execute(diesel::sql_query("SELECT 1"), &mut *self.deps.db.conn().await?).await.map_err(crate::db::query_error) }.await {
+        let database = match async { diesel_async::RunQueryDsl::execute(diesel::sql_query("SELECT 1"), &mut *self.db.conn().await?).await.map_err(crate::db::query_error) }.await {
             Ok(_) => None,
             Err(e) => Some(e.to_string()),
         };
-        let etcd = if self.deps.directory.is_synced() {
+        let etcd = if self.directory.is_synced() {
             None
         } else {
-            self.deps.directory.etcd().get(crate::etcd::keys::WATCHER_TOKEN).await.err().map(|e| e.to_string())
+            self.directory.etcd().get(crate::etcd::keys::WATCHER_TOKEN).await.err().map(|e| e.to_string())
         };
         let actors = match self.registry.send(actors::Ping).timeout(Duration::from_secs(1)).await {
             Ok(_) => None,
@@ -131,43 +139,40 @@ impl Supervisor {
     }
 
     pub fn db(&self) -> &Db {
-        &self.deps.db
+        &self.db
     }
 
     pub fn directory(&self) -> &WatcherDirectory {
-        &self.deps.directory
+        &self.directory
     }
 
-    async fn agent(&self, agent_id: &AgentId) -> Result<AgentHandle, Problem> {
-        if let Some(handle) = self.agents.get(agent_id) {
-            return Ok(handle);
+    async fn agent(&self, agent_id: &AgentId) -> Result<Addr<AgentActor>, Problem> {
+        if let Some(addr) = self.agents.get(agent_id) {
+            return Ok(addr);
         }
-        let bound = self.deps.settings.status_timeout + ACTOR_SLACK;
+        let bound = Duration::from_millis(self.settings.status_timeout.as_millis() as u64) + ACTOR_SLACK;
         self.registry.send(GetAgent { agent_id: agent_id.clone() }).timeout(bound).await.map_err(mailbox)?
     }
 
     /// The longest a command may take: every queued command ahead of it, each with its pre-check and call.
     fn command_bound(&self) -> Duration {
-        let one = self.deps.settings.command_timeout + self.deps.settings.status_timeout + ACTOR_SLACK;
-        one * (self.deps.settings.queue_capacity as u32 + 1)
+        let one = self.settings.command_timeout + self.settings.status_timeout + ACTOR_SLACK;
+        one * (self.settings.queue_capacity as u32 + 1)
     }
 
-    /// Asked on the calling thread, not through the agent's actor (see `actors::status`); bounded by the watcher's
-    /// status timeout.
     pub async fn get_watcher_status(&self, action: GetWatcherStatusAction) -> Result<GetWatcherStatusActionResult, Problem> {
         let agent = self.agent(&action.agent_id).await?;
-        actors::watcher_status(&agent.shared, &self.deps).await
+        agent.send(GetWatcherStatus).timeout(self.settings.status_timeout * 2 + ACTOR_SLACK).await.map_err(mailbox)?
     }
 
     pub async fn watcher_agent_start(&self, action: WatcherAgentStartAction) -> Result<WatcherCommandActionResult, Problem> {
         let agent = self.agent(&action.agent_id).await?;
-        agent.addr.send(WatcherAgentStart { requester: action.requester }).timeout(self.command_bound()).await.map_err(mailbox)?
+        agent.send(WatcherAgentStart { requester: action.requester }).timeout(self.command_bound()).await.map_err(mailbox)?
     }
 
     pub async fn watcher_agent_stop(&self, action: WatcherAgentStopAction) -> Result<WatcherCommandActionResult, Problem> {
         let agent = self.agent(&action.agent_id).await?;
         agent
-            .addr
             .send(WatcherAgentStop { force: action.force, requester: action.requester })
             .timeout(self.command_bound())
             .await
@@ -176,11 +181,11 @@ impl Supervisor {
 
     pub async fn watcher_agent_restart(&self, action: WatcherAgentRestartAction) -> Result<WatcherCommandActionResult, Problem> {
         let agent = self.agent(&action.agent_id).await?;
-        agent.addr.send(WatcherAgentRestart { requester: action.requester }).timeout(self.command_bound()).await.map_err(mailbox)?
+        agent.send(WatcherAgentRestart { requester: action.requester }).timeout(self.command_bound()).await.map_err(mailbox)?
     }
 
     pub async fn sync_agent_registry(&self, action: SyncAgentRegistryAction) -> Result<SyncAgentRegistryActionResult, Problem> {
-        let bound = self.deps.settings.rpc_timeout * 2 + ACTOR_SLACK * 2;
+        let bound = self.settings.rpc_timeout * 2 + ACTOR_SLACK * 2;
         self.registry
             .send(SyncAgentRegistry { agent_id: action.agent_id, requester: action.requester })
             .timeout(bound)
@@ -195,13 +200,13 @@ impl Supervisor {
 
     /// Every agent in the database with the supervision state its actor holds (no watcher round trips).
     pub async fn list_agents(&self, scaling_group: Option<&str>) -> Result<Vec<AgentListing>, Problem> {
-        let rows = queries::list_agents(&mut *self.deps.db.conn().await?, scaling_group).await?;
+        let rows = queries::list_agents(&mut *self.db.conn().await?, scaling_group).await?;
         let actors = self.registry.send(ListAgentActors).await.map_err(mailbox)?;
         let actors: std::collections::HashMap<_, _> = actors.into_iter().collect();
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let snapshot = match AgentId::parse(&row.id).ok().and_then(|id| actors.get(&id).cloned()) {
-                Some(agent) => agent.addr.send(GetSnapshot).await.ok(),
+                Some(addr) => addr.send(GetSnapshot).await.ok(),
                 None => None,
             };
             out.push(AgentListing { row, supervision: snapshot });
@@ -214,35 +219,36 @@ impl Supervisor {
     /// watcher that fails or times out is recorded as such in its observation; the listing itself still succeeds.
     pub async fn list_agents_refreshed(&self, scaling_group: Option<&str>) -> Result<Vec<AgentListing>, Problem> {
         use futures_util::StreamExt;
-        let rows = queries::list_agents(&mut *self.deps.db.conn().await?, scaling_group).await?;
+        let rows = queries::list_agents(&mut *self.db.conn().await?, scaling_group).await?;
         let actors = self.registry.send(ListAgentActors).await.map_err(mailbox)?;
         let actors: std::collections::HashMap<_, _> = actors.into_iter().collect();
+        let status_bound = self.settings.status_timeout * 2 + ACTOR_SLACK;
         let refreshes = rows.into_iter().map(|row| {
             let known = AgentId::parse(&row.id).ok().map(|id| (actors.get(&id).cloned(), id));
             async move {
-                let agent = match known {
-                    Some((Some(agent), _)) => Some(agent),
+                let addr = match known {
+                    Some((Some(addr), _)) => Some(addr),
                     // Listed but without an actor yet (added after start-up): create it, as any request would.
                     Some((None, id)) => self.agent(&id).await.ok(),
                     None => None,
                 };
-                let snapshot = match agent {
-                    Some(agent) => {
-                        // The outcome is kept as the agent's observation, which the snapshot carries.
-                        let _ = actors::watcher_status(&agent.shared, &self.deps).await;
-                        agent.addr.send(GetSnapshot).await.ok()
+                let snapshot = match addr {
+                    Some(addr) => {
+                        // The outcome is kept in the actor's observation, which the snapshot carries.
+                        let _ = addr.send(GetWatcherStatus).timeout(status_bound).await;
+                        addr.send(GetSnapshot).await.ok()
                     }
                     None => None,
                 };
                 AgentListing { row, supervision: snapshot }
             }
         });
-        Ok(futures_util::stream::iter(refreshes).buffered(self.deps.settings.refresh_concurrency.max(1)).collect().await)
+        Ok(futures_util::stream::iter(refreshes).buffered(self.settings.refresh_concurrency.max(1)).collect().await)
     }
 
     /// The audit trail of one agent, newest first.
     pub async fn agent_events(&self, agent_id: &AgentId, limit: i64) -> Result<Vec<AgentEventRow>, Problem> {
-        let mut conn = self.deps.db.conn().await?;
+        let mut conn = self.db.conn().await?;
         if queries::find_agent(&mut conn, agent_id.as_str()).await?.is_none() {
             return Err(Problem::new(ErrorCode::AgentNotFound, format!("agent {agent_id} does not exist")).for_agent(agent_id.as_str()));
         }

@@ -11,7 +11,6 @@ use agent_supervisor::{
     actors::{GetAgent, GetWatcherStatus, WatcherAgentRestart, WatcherAgentStart, WatcherAgentStop},
     domain::AgentId,
     error::ErrorCode,
-    service::GetWatcherStatusAction,
 };
 use common::{
     procs::PrivateEtcd,
@@ -37,7 +36,7 @@ async fn actor_runs_commands_one_at_a_time_in_arrival_order() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("service.log");
     let _w = watched(&app, "i-order", &slow_service(&log, "0.2"), &["--no-autostart"]).await;
-    let actor = app.running.supervisor.registry().send(GetAgent { agent_id: id("i-order") }).await.unwrap().unwrap().addr;
+    let actor = app.running.supervisor.registry().send(GetAgent { agent_id: id("i-order") }).await.unwrap().unwrap();
 
     // start, stop, start, stop, start: valid only if executed in this exact order, one at a time.
     let mut pending = Vec::new();
@@ -67,8 +66,8 @@ async fn status_is_answered_during_a_slow_command_and_agents_run_in_parallel() {
     let _a = watched(&app, "i-pa", &slow_service(&d.path().join("a.log"), "1.5"), &[]).await;
     let _b = watched(&app, "i-pb", &slow_service(&d.path().join("b.log"), "1.5"), &[]).await;
     let reg = app.running.supervisor.registry().clone();
-    let a = reg.send(GetAgent { agent_id: id("i-pa") }).await.unwrap().unwrap().addr;
-    let b = reg.send(GetAgent { agent_id: id("i-pb") }).await.unwrap().unwrap().addr;
+    let a = reg.send(GetAgent { agent_id: id("i-pa") }).await.unwrap().unwrap();
+    let b = reg.send(GetAgent { agent_id: id("i-pb") }).await.unwrap().unwrap();
 
     let started = Instant::now();
     let ra = actix_rt::spawn({
@@ -99,7 +98,7 @@ async fn full_queue_is_agent_busy_and_force_and_prechecks_apply() {
     .await;
     let d = tempfile::tempdir().unwrap();
     let _w = watched(&app, "i-busy", &slow_service(&d.path().join("s.log"), "1"), &[]).await;
-    let actor = app.running.supervisor.registry().send(GetAgent { agent_id: id("i-busy") }).await.unwrap().unwrap().addr;
+    let actor = app.running.supervisor.registry().send(GetAgent { agent_id: id("i-busy") }).await.unwrap().unwrap();
 
     let mut running = Vec::new();
     for _ in 0..3 {
@@ -262,35 +261,30 @@ async fn concurrent_status_requests_share_one_watcher_call_but_never_across_a_co
     let (port, calls, _h) = counting_watcher(Duration::from_millis(400)).await;
     app.add_agent("i-flight").await;
     app.register_watcher("i-flight", port).await;
-    let supervisor = app.running.supervisor.clone();
-    let actor = supervisor.registry().send(GetAgent { agent_id: id("i-flight") }).await.unwrap().unwrap().addr;
-    // What the HTTP handlers call: the status is asked on the caller's thread (here the test's, which also runs
-    // the actors), not through the actor.
-    let status = |s: agent_supervisor::service::Supervisor| async move {
-        s.get_watcher_status(GetWatcherStatusAction { agent_id: id("i-flight") }).await.unwrap()
-    };
+    let actor = app.running.supervisor.registry().send(GetAgent { agent_id: id("i-flight") }).await.unwrap().unwrap();
 
-    // Ten requests while one call is in flight, nine through the facade and one through the actor (as the probe
-    // and refreshing listings ask): one watcher call answers them all.
+    // Ten requests while one call is in flight: one watcher call answers them all.
     let mut pending = Vec::new();
-    for _ in 0..9 {
-        pending.push(actix_rt::spawn(status(supervisor.clone())));
+    for _ in 0..10 {
+        let a = actor.clone();
+        pending.push(actix_rt::spawn(async move { a.send(GetWatcherStatus).await.unwrap().unwrap() }));
     }
-    let a = actor.clone();
-    pending.push(actix_rt::spawn(async move { a.send(GetWatcherStatus).await.unwrap().unwrap() }));
     for p in pending {
         assert_eq!(p.await.unwrap().data["call"], 1);
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 
     // A request that arrives after the call ended gets a call of its own.
-    assert_eq!(status(supervisor.clone()).await.data["call"], 2);
+    assert_eq!(actor.send(GetWatcherStatus).await.unwrap().unwrap().data["call"], 2);
 
     // A command between two status requests: the second does not join the call that began before the command.
-    let first = actix_rt::spawn(status(supervisor.clone()));
+    let first = {
+        let a = actor.clone();
+        actix_rt::spawn(async move { a.send(GetWatcherStatus).await.unwrap().unwrap() })
+    };
     actix_rt::time::sleep(Duration::from_millis(50)).await;
     actor.send(WatcherAgentRestart { requester: "t".into() }).await.unwrap().unwrap();
-    let second = status(supervisor.clone()).await;
+    let second = actor.send(GetWatcherStatus).await.unwrap().unwrap();
     assert_eq!(first.await.unwrap().data["call"], 3);
     assert_eq!(second.data["call"], 4, "the status after the restart came from a call made after it");
 }

@@ -1,11 +1,9 @@
 //! `AgentActor`: one per agent. It serialises start/stop/restart in arrival order through a bounded FIFO it owns,
-//! remembers how recent commands ended, probes the watcher on an interval, and audits every command in
-//! `agent_events`. Status queries never queue behind a command: they run where they are asked (see [`status`]), and
-//! the actor only tells them, through the agent's shared state, when a command starts and ends.
+//! answers status queries concurrently (never queued behind a command), remembers what it last saw of the watcher
+//! and how recent commands ended, probes the watcher on an interval, and audits every command in `agent_events`.
 
 use std::{
-    collections::VecDeque,
-    sync::Arc,
+    collections::{HashMap, VecDeque},
     time::{Duration, Instant},
 };
 
@@ -16,10 +14,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use super::{
-    Deps, OUTCOMES_KEPT,
-    status::{self, AgentShared},
-};
+use super::{Deps, OUTCOMES_KEPT};
 use crate::{
     db::{models::NewAgentEvent, queries},
     domain::AgentId,
@@ -142,15 +137,40 @@ pub struct AgentActor {
     deps: Deps,
     queue: VecDeque<Queued>,
     in_flight: Option<WatcherCommand>,
+    observed: Option<Observation>,
     outcomes: VecDeque<CommandOutcome>,
-    /// What request threads read and write without a message: the last observation, and the generation the actor
-    /// bumps when a command starts and when it ends (see [`status`]).
-    shared: Arc<AgentShared>,
+    /// Watcher status calls in flight, each with the requests waiting for it (single flight).
+    flights: HashMap<u64, Flight>,
+    /// The flight new status requests may join.
+    joinable: Option<u64>,
+    next_flight: u64,
+    /// Bumped when a command starts and when it ends: a status call that began before a change of state is not
+    /// shared with requests that arrive after it.
+    generation: u64,
+}
+
+type StatusReply = oneshot::Sender<Result<GetWatcherStatusResult, Problem>>;
+
+/// One watcher status call and everyone waiting for its answer.
+struct Flight {
+    generation: u64,
+    waiters: Vec<StatusReply>,
 }
 
 impl AgentActor {
-    pub fn new(shared: Arc<AgentShared>, deps: Deps) -> Self {
-        Self { id: shared.id().clone(), deps, queue: VecDeque::new(), in_flight: None, outcomes: VecDeque::new(), shared }
+    pub fn new(id: AgentId, deps: Deps) -> Self {
+        Self {
+            id,
+            deps,
+            queue: VecDeque::new(),
+            in_flight: None,
+            observed: None,
+            outcomes: VecDeque::new(),
+            flights: HashMap::new(),
+            joinable: None,
+            next_flight: 0,
+            generation: 0,
+        }
     }
 
     fn enqueue(&mut self, command: Command, requester: String, ctx: &mut Context<Self>) -> ResponseFuture<Result<WatcherCommandResult, Problem>> {
@@ -181,16 +201,16 @@ impl AgentActor {
         self.deps.metrics.commands_queued.dec();
         self.deps.metrics.commands_in_flight.inc();
         self.in_flight = Some(next.command.watcher());
-        self.shared.bump_generation();
+        self.generation += 1;
         let Queued { command, requester, requested_at, reply } = next;
         let span = tracing::info_span!("command", agent.id = %self.id, action = command.watcher().as_str(), requester = %requester);
         let fut = tracing::Instrument::instrument(execute(self.id.clone(), self.deps.clone(), command, requester.clone(), requested_at), span);
         ctx.spawn(fut.into_actor(self).map(move |(result, observation, outcome), act, ctx| {
             act.in_flight = None;
-            act.shared.bump_generation();
+            act.generation += 1;
             act.deps.metrics.commands_in_flight.dec();
             if let Some(o) = observation {
-                act.shared.observe(o, &act.deps);
+                act.observe(o);
             }
             act.outcomes.push_front(CommandOutcome { requester, ..outcome });
             act.outcomes.truncate(OUTCOMES_KEPT);
@@ -199,11 +219,71 @@ impl AgentActor {
         }));
     }
 
-    fn probe(&mut self) {
-        let (agent, deps) = (self.shared.clone(), self.deps.clone());
-        actix_rt::spawn(async move {
-            let _ = status::watcher_status(&agent, &deps).await;
-        });
+    fn observe(&mut self, o: Observation) {
+        let before = self.observed.as_ref().map(|p| (p.reachable, p.agent_status.clone()));
+        let after = (o.reachable, o.agent_status.clone());
+        if let Some(before) = before
+            && before != after
+        {
+            tracing::info!(
+                agent.id = %self.id,
+                from_reachable = before.0, to_reachable = after.0,
+                from_status = ?before.1, to_status = ?after.1,
+                "watcher state changed"
+            );
+            let event = NewAgentEvent {
+                agent_id: self.id.to_string(),
+                action: "observe".into(),
+                requester: "supervisor".into(),
+                requested_at: o.at,
+                started_at: Some(o.at),
+                finished_at: Some(o.at),
+                outcome: "observed".into(),
+                http_status: None,
+                detail: json!({
+                    "from": {"reachable": before.0, "agent_status": before.1},
+                    "to": {"reachable": after.0, "agent_status": after.1},
+                    "error": o.error,
+                }),
+            };
+            let db = self.deps.db.clone();
+            actix::spawn(async move {
+                let stored = async { queries::insert_event(&mut *db.conn().await?, &event).await }.await;
+                if let Err(e) = stored {
+                    tracing::warn!(error = %e, "could not record a watcher state change");
+                }
+            });
+        }
+        self.observed = Some(o);
+    }
+
+    /// Asks the watcher for its status, sharing a call already in flight when no command has started or ended
+    /// since it began; `waiter` (if any) gets the answer. So a request is never answered by a call that had ended
+    /// before the request arrived, nor by one that began before the last change of state it could know about.
+    fn status(&mut self, waiter: Option<StatusReply>, ctx: &mut Context<Self>) {
+        let generation = self.generation;
+        if let Some(flight) = self.joinable.and_then(|id| self.flights.get_mut(&id)).filter(|f| f.generation == generation) {
+            flight.waiters.extend(waiter);
+            return;
+        }
+        let id = self.next_flight;
+        self.next_flight += 1;
+        self.flights.insert(id, Flight { generation, waiters: waiter.into_iter().collect() });
+        self.joinable = Some(id);
+        let fut = fetch_status(self.id.clone(), self.deps.clone());
+        ctx.spawn(fut.into_actor(self).map(move |(result, observation), act, _| {
+            act.observe(observation);
+            if act.joinable == Some(id) {
+                act.joinable = None;
+            }
+            for w in act.flights.remove(&id).map(|f| f.waiters).unwrap_or_default() {
+                let _ = w.send(result.clone());
+            }
+        }));
+    }
+
+    fn probe(&mut self, ctx: &mut Context<Self>) {
+        self.status(None, ctx);
     }
 }
 
@@ -216,8 +296,8 @@ impl Actor for AgentActor {
             // Jitter spreads the probes of thousands of agents over the interval.
             let first = Duration::from_millis(rand::thread_rng().gen_range(0..=interval.as_millis() as u64));
             ctx.run_later(first, move |act, ctx| {
-                act.probe();
-                ctx.run_interval(interval, |act, _| act.probe());
+                act.probe(ctx);
+                ctx.run_interval(interval, |act, ctx| act.probe(ctx));
             });
         }
     }
@@ -226,9 +306,13 @@ impl Actor for AgentActor {
 impl Handler<GetWatcherStatus> for AgentActor {
     type Result = ResponseFuture<Result<GetWatcherStatusResult, Problem>>;
 
-    fn handle(&mut self, _: GetWatcherStatus, _: &mut Self::Context) -> Self::Result {
-        let (agent, deps) = (self.shared.clone(), self.deps.clone());
-        Box::pin(async move { status::watcher_status(&agent, &deps).await })
+    fn handle(&mut self, _: GetWatcherStatus, ctx: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.status(Some(tx), ctx);
+        let id = self.id.clone();
+        Box::pin(async move {
+            rx.await.unwrap_or_else(|_| Err(Problem::new(ErrorCode::ShuttingDown, "the status call was dropped").for_agent(id.as_str())))
+        })
     }
 }
 
@@ -258,12 +342,48 @@ impl Handler<GetSnapshot> for AgentActor {
     fn handle(&mut self, _: GetSnapshot, _: &mut Self::Context) -> Self::Result {
         MessageResult(AgentSnapshot {
             agent_id: self.id.clone(),
-            watcher: self.shared.observed(),
+            watcher: self.observed.clone(),
             in_flight: self.in_flight,
             queued: self.queue.len(),
             recent: self.outcomes.iter().cloned().collect(),
         })
     }
+}
+
+/// Asks the watcher for its status; always yields an observation, even of a failure.
+async fn fetch_status(id: AgentId, deps: Deps) -> (Result<GetWatcherStatusResult, Problem>, Observation) {
+    let started = Instant::now();
+    let result = async {
+        let addr = deps.directory.watcher_address(&id).await.map_err(Problem::from)?;
+        let token = deps.directory.watcher_token().await.map_err(Problem::from)?;
+        let called = Instant::now();
+        let reply = client::get_status(&addr, &token, deps.settings.status_timeout).await.map_err(Problem::from);
+        let outcome = reply.as_ref().map_or_else(|p| p.code.as_str(), |_| "ok");
+        deps.metrics.observe_watcher("status", outcome, called.elapsed());
+        reply
+    }
+    .await;
+    let latency_ms = started.elapsed().as_millis() as u64;
+    let observation = match &result {
+        Ok(reply) => Observation {
+            agent_status: reply.body.get("agent-status").and_then(Value::as_str).map(str::to_owned),
+            reachable: true,
+            at: Utc::now(),
+            latency_ms,
+            error: None,
+        },
+        Err(p) => Observation {
+            agent_status: None,
+            reachable: !matches!(p.code, ErrorCode::WatcherTimeout | ErrorCode::WatcherUnreachable),
+            at: Utc::now(),
+            latency_ms,
+            error: Some(p.to_string()),
+        },
+    };
+    let result = result
+        .map(|reply| GetWatcherStatusResult { agent_id: id.clone(), data: reply.body, latency_ms })
+        .map_err(|p| p.for_agent(id.as_str()));
+    (result, observation)
 }
 
 /// One command, start to finish: audit row, pre-checks, the watcher call, the audit outcome.
@@ -364,7 +484,7 @@ async fn run_command(id: &AgentId, deps: &Deps, command: Command) -> (Result<Val
     let mut observation = None;
     // Pre-checks: the current state decides whether the command makes sense, with any watcher.
     if matches!(command, Command::Start | Command::Stop { .. }) {
-        let (status, obs) = status::fetch_status(id.clone(), deps).await;
+        let (status, obs) = fetch_status(id.clone(), deps.clone()).await;
         observation = Some(obs);
         let status = match status {
             Ok(s) => s,

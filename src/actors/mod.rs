@@ -5,7 +5,6 @@
 mod agent;
 mod recalc;
 mod registry;
-mod status;
 mod sync;
 
 use std::time::Duration;
@@ -15,8 +14,7 @@ pub use agent::{
     WatcherAgentRestart, WatcherAgentStart, WatcherAgentStop, WatcherCommandResult,
 };
 pub use recalc::{RecalculateUsage, RecalculateUsageResult};
-pub use registry::{AgentHandle, AgentTable, GetAgent, ListAgentActors, LoadAgents, Ping, RegistryActor};
-pub use status::{AgentShared, watcher_status};
+pub use registry::{AgentTable, GetAgent, ListAgentActors, LoadAgents, Ping, RegistryActor};
 pub use sync::{SyncAgentRegistry, SyncAgentRegistryResult};
 
 use crate::{agent_rpc::AgentRpc, telemetry::metrics::Metrics, config::Config, db::Db, etcd::WatcherDirectory};

@@ -8,27 +8,20 @@ use std::{
 
 use actix::prelude::*;
 
-use super::{AgentActor, AgentShared, Deps};
+use super::{AgentActor, Deps};
 use crate::{
     db::queries,
     domain::AgentId,
     error::{ErrorCode, Problem},
 };
 
-/// One supervised agent: its actor, which runs its commands, and the state request threads share with it.
-#[derive(Clone)]
-pub struct AgentHandle {
-    pub addr: Addr<AgentActor>,
-    pub shared: Arc<AgentShared>,
-}
-
-/// The agents by id, shared read-mostly with request handlers so that a request for a known agent reaches it without
-/// a hop through the registry. Only the registry inserts.
+/// The agent actors by id, shared read-mostly with request handlers so that a request for a known agent reaches its
+/// actor without a hop through the registry. Only the registry inserts.
 #[derive(Clone, Default)]
-pub struct AgentTable(Arc<RwLock<HashMap<AgentId, AgentHandle>>>);
+pub struct AgentTable(Arc<RwLock<HashMap<AgentId, Addr<AgentActor>>>>);
 
 impl AgentTable {
-    pub fn get(&self, id: &AgentId) -> Option<AgentHandle> {
+    pub fn get(&self, id: &AgentId) -> Option<Addr<AgentActor>> {
         self.0.read().ok().and_then(|m| m.get(id).cloned())
     }
 
@@ -40,7 +33,7 @@ impl AgentTable {
         self.len() == 0
     }
 
-    pub fn entries(&self) -> Vec<(AgentId, AgentHandle)> {
+    pub fn entries(&self) -> Vec<(AgentId, Addr<AgentActor>)> {
         self.0.read().map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default()
     }
 }
@@ -69,21 +62,15 @@ impl RegistryActor {
         self.agents.clone()
     }
 
-    fn actor_for(&mut self, id: AgentId) -> AgentHandle {
+    fn actor_for(&mut self, id: AgentId) -> Addr<AgentActor> {
         let deps = self.deps.clone();
         let mut table = match self.agents.0.write() {
             Ok(t) => t,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let handle = table
-            .entry(id.clone())
-            .or_insert_with(|| {
-                let shared = Arc::new(AgentShared::new(id));
-                AgentHandle { addr: AgentActor::new(shared.clone(), deps).start(), shared }
-            })
-            .clone();
+        let addr = table.entry(id.clone()).or_insert_with(|| AgentActor::new(id, deps).start()).clone();
         self.deps.metrics.agents.set(table.len() as i64);
-        handle
+        addr
     }
 }
 
@@ -91,15 +78,15 @@ impl Actor for RegistryActor {
     type Context = Context<Self>;
 }
 
-/// One agent's actor and shared state; `404 agent_not_found` if the database does not know it.
+/// The actor of one agent; `404 agent_not_found` if the database does not know it.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<AgentHandle, Problem>")]
+#[rtype(result = "Result<Addr<AgentActor>, Problem>")]
 pub struct GetAgent {
     pub agent_id: AgentId,
 }
 
 impl Handler<GetAgent> for RegistryActor {
-    type Result = ResponseActFuture<Self, Result<AgentHandle, Problem>>;
+    type Result = ResponseActFuture<Self, Result<Addr<AgentActor>, Problem>>;
 
     fn handle(&mut self, msg: GetAgent, _: &mut Self::Context) -> Self::Result {
         if let Some(addr) = self.agents.get(&msg.agent_id) {
@@ -149,7 +136,7 @@ impl Handler<LoadAgents> for RegistryActor {
 
 /// Every agent actor that exists.
 #[derive(Debug, Message)]
-#[rtype(result = "Vec<(AgentId, AgentHandle)>")]
+#[rtype(result = "Vec<(AgentId, Addr<AgentActor>)>")]
 pub struct ListAgentActors;
 
 impl Handler<ListAgentActors> for RegistryActor {
