@@ -508,7 +508,7 @@ async fn run(db_url: String) -> Vec<Row> {
                 .collect()
                 .await;
             let failed: Vec<_> = statuses.iter().filter(|(_, s, _)| *s != 200).collect();
-            assert!(failed.is_empty(), "{} restarts failed, first: {:?}", failed.len(), failed.iter().next());
+            assert!(failed.is_empty(), "{} restarts failed, first: {:?}", failed.len(), failed.as_slice().first());
             started.elapsed()
         }
     };

@@ -392,6 +392,7 @@ fn section_fields(section: &str) -> &'static [&'static str] {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -172,13 +172,14 @@ pub struct Problem {
     pub status: Option<u16>,
     pub detail: String,
     pub agent_id: Option<String>,
-    /// Extra members merged into the problem document (e.g. `kernel_count`, `field`).
-    pub extra: serde_json::Map<String, serde_json::Value>,
+    /// Extra members merged into the problem document (e.g. `kernel_count`, `field`). Boxed: most problems have
+    /// none, and a small `Problem` keeps every `Result<_, Problem>` small.
+    pub extra: Box<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Problem {
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
-        Self { code, status: None, detail: detail.into(), agent_id: None, extra: serde_json::Map::new() }
+        Self { code, status: None, detail: detail.into(), agent_id: None, extra: Box::default() }
     }
 
     pub fn for_agent(mut self, agent_id: impl Into<String>) -> Self {
@@ -218,7 +219,7 @@ impl Problem {
         if let Some(agent) = &self.agent_id {
             doc.insert("agent_id".into(), agent.clone().into());
         }
-        for (k, v) in &self.extra {
+        for (k, v) in self.extra.iter() {
             doc.entry(k.clone()).or_insert_with(|| v.clone());
         }
         serde_json::Value::Object(doc)
@@ -234,6 +235,7 @@ impl std::fmt::Display for Problem {
 impl std::error::Error for Problem {}
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -1,4 +1,5 @@
 //! Migrations and row types against a real PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The etcd layer against a real etcd: key layout, namespacing, defaults, bad values, the watched cache, and
 //! behaviour while etcd is down.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -155,8 +155,10 @@ async fn soak_mixed_status_and_commands_at_a_fixed_rate() {
         sims.total_commands()
     );
 
-    let errors = errors.borrow();
-    assert!(errors.is_empty(), "{} of {n} requests failed, first: {:?}", errors.len(), &errors[..errors.len().min(5)]);
+    {
+        let errors = errors.borrow();
+        assert!(errors.is_empty(), "{} of {n} requests failed, first: {:?}", errors.len(), &errors[..errors.len().min(5)]);
+    }
     assert_eq!(skipped, 0, "the daemon fell behind the request rate");
     assert_eq!(sims.overlaps(), 0, "an agent saw two commands at once");
     assert!(sims.ports_with_overlapping_commands().is_empty());

@@ -90,6 +90,7 @@ pub fn agent_params(body: &[u8], query: &str, allow_force: bool) -> Result<Agent
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -306,6 +306,7 @@ fn skip_reason(status: AgentStatus, has_counted_kernels: bool) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

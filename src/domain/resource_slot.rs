@@ -194,6 +194,7 @@ impl<'de> Deserialize<'de> for ResourceSlot {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use serde_json::json;
 

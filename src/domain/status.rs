@@ -153,6 +153,7 @@ name_enum!(
 );
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -232,7 +232,8 @@ impl TcpProxy {
                         let mut buf = [0u8; 16384];
                         let _ = from.set_read_timeout(Some(Duration::from_millis(100)));
                         loop {
-                            if { let s = st.lock().unwrap(); !s.up || s.epoch != epoch } {
+                            let cut = { let s = st.lock().unwrap(); !s.up || s.epoch != epoch };
+                            if cut {
                                 let _ = from.shutdown(std::net::Shutdown::Both);
                                 let _ = to.shutdown(std::net::Shutdown::Both);
                                 return;

@@ -22,7 +22,7 @@ const EMPTY_BODY_CONTENT_TYPE: &str = "text/plain";
 pub enum CtlError {
     /// The daemon answered with an error document (RFC 7807 problem+json).
     #[error("{title} ({status} {code}): {detail}")]
-    Problem { status: u16, code: String, title: String, detail: String, body: Value },
+    Problem { status: u16, code: String, title: String, detail: String, body: Box<Value> },
     /// An error status without a problem document (a proxy in between, say).
     #[error("HTTP {status} from {url}: {body}")]
     Http { status: u16, url: String, body: String },
@@ -68,7 +68,7 @@ impl CtlError {
     /// What `--json` prints for this failure: the daemon's own document when there is one.
     pub fn to_json(&self) -> Value {
         match self {
-            Self::Problem { body, .. } => body.clone(),
+            Self::Problem { body, .. } => (**body).clone(),
             other => serde_json::json!({"error": other.to_string(), "status": other.status()}),
         }
     }
@@ -171,7 +171,7 @@ impl Client {
                     d if d.is_empty() => text("msg"),
                     d => d,
                 };
-                Err(CtlError::Problem { status, code: text("error_code"), title: text("title"), detail, body })
+                Err(CtlError::Problem { status, code: text("error_code"), title: text("title"), detail, body: Box::new(body) })
             }
             _ => Err(CtlError::Http { status, url, body: String::from_utf8_lossy(&bytes).chars().take(200).collect() }),
         }

@@ -135,6 +135,7 @@ pub async fn run(client: &Client, verb: Verb, agent_id: &str, opts: CommandOpts)
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

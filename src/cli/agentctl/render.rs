@@ -78,6 +78,7 @@ pub fn progress_bar(done: usize, total: usize, ok: usize, failed: usize, verb: &
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

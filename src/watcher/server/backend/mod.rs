@@ -148,6 +148,7 @@ pub(crate) fn tail(text: &str, max_lines: usize, max_bytes: usize) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
