@@ -10,7 +10,7 @@
 //!
 //! Environment: `BENCH_AGENTS` (10000), `BENCH_FANOUT` (1000, also the number of agents restarted), `BENCH_PARALLEL`
 //! (100 restarts in flight), `BENCH_COMMAND_MS` (50: how long a simulated command takes), `WRK_DURATION` (10s),
-//! `WRK_CONNECTIONS` (8), `WRK_THREADS` (2), `BENCH_ONLY=proxy` (the status proxy rows only), `BENCH_PROFILE=<file>`
+//! `WRK_CONNECTIONS` (8), `WRK_THREADS` (2), `BENCH_ONLY=proxy` (the status proxy rows only), `BENCH_WRK_CPUS` (pins wrk with `taskset -c`), `BENCH_PROFILE=<file>`
 //! (records the daemon with `perf record -g` into `<file>` while wrk drives the status proxy).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -209,7 +209,15 @@ fn duration_ms(s: &str) -> f64 {
 }
 
 fn run_wrk(label: &str, url: &str, headers: &[(&str, &str)], script_env: Option<&[(&str, String)]>) -> WrkResult {
-    let mut cmd = Command::new("wrk");
+    // BENCH_WRK_CPUS pins wrk (taskset -c), so that it does not share cores with what it measures.
+    let mut cmd = match std::env::var("BENCH_WRK_CPUS") {
+        Ok(cpus) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpus, "wrk"]);
+            c
+        }
+        Err(_) => Command::new("wrk"),
+    };
     cmd.args(["-t", &env_or("WRK_THREADS", "2"), "-c", &env_or("WRK_CONNECTIONS", "8"), "-d", &env_or("WRK_DURATION", "10s"), "--latency"]);
     for (k, v) in headers {
         cmd.args(["-H", &format!("{k}: {v}")]);
