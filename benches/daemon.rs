@@ -39,6 +39,8 @@ use sim_watcher::SimWatchers;
 
 const TOKEN: &str = "bench-watcher-token";
 const METRICS_TOKEN: &str = "bench-metrics-token";
+/// The content type of the bench's signed requests (the official client's for body-less requests).
+const SIGNED_CONTENT_TYPE: &str = "text/plain";
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
@@ -164,8 +166,18 @@ fn start_daemon(s: &Setup, name: &str) -> Proc {
 
 fn signed_headers(s: &Setup, port: u16, method: &str, path: &str) -> signing::SignedHeaders {
     let host = format!("127.0.0.1:{port}");
-    let out = signing::OutgoingRequest { method, rel_url: path, host: &host, content_type: "text/plain", api_version: COMPAT_API_VERSION };
+    let out = signing::OutgoingRequest { method, rel_url: path, host: &host, content_type: SIGNED_CONTENT_TYPE, api_version: COMPAT_API_VERSION };
     signing::sign_request(&s.creds.0, &s.creds.1, &out, chrono::Utc::now())
+}
+
+/// The environment `bench/signed.lua` sends `h` from (with the version and content type it was signed for).
+fn wrk_signed_env(h: &signing::SignedHeaders) -> [(&'static str, String); 4] {
+    [
+        ("SIGNED_DATE", h.date.clone()),
+        ("SIGNED_AUTHORIZATION", h.authorization.clone()),
+        ("SIGNED_VERSION", COMPAT_API_VERSION.to_owned()),
+        ("SIGNED_CONTENT_TYPE", SIGNED_CONTENT_TYPE.to_owned()),
+    ]
 }
 
 async fn call(client: &awc::Client, s: &Setup, port: u16, method: &str, path: &str) -> (u16, Value) {
@@ -173,7 +185,7 @@ async fn call(client: &awc::Client, s: &Setup, port: u16, method: &str, path: &s
     let m = awc::http::Method::from_bytes(method.as_bytes()).unwrap();
     let mut resp = client
         .request(m, format!("http://127.0.0.1:{port}{path}"))
-        .insert_header(("Content-Type", "text/plain"))
+        .insert_header(("Content-Type", SIGNED_CONTENT_TYPE))
         .insert_header(("X-BackendAI-Version", COMPAT_API_VERSION))
         .insert_header(("Date", h.date))
         .insert_header(("Authorization", h.authorization))
@@ -357,16 +369,11 @@ async fn run(db_url: String) -> Vec<Row> {
         let path = "/resource/watcher?agent_id=i-proxy";
         // One signed header set, dated now: valid for the daemon's 15-minute clock-skew window.
         let h = signed_headers(&setup, daemon.port, "GET", path);
-        let vars = [
-            ("SIGNED_DATE", h.date.clone()),
-            ("SIGNED_AUTHORIZATION", h.authorization.clone()),
-            ("SIGNED_VERSION", COMPAT_API_VERSION.to_owned()),
-            ("SIGNED_CONTENT_TYPE", "text/plain".to_owned()),
-        ];
+        let vars = wrk_signed_env(&h);
         let check = http_status(
             daemon.port,
             path,
-            &[("Date", &h.date), ("Authorization", &h.authorization), ("X-BackendAI-Version", COMPAT_API_VERSION), ("Content-Type", "text/plain")],
+            &[("Date", &h.date), ("Authorization", &h.authorization), ("X-BackendAI-Version", COMPAT_API_VERSION), ("Content-Type", SIGNED_CONTENT_TYPE)],
         );
         assert_eq!(check, 200, "the precomputed signed request is not accepted");
         let direct = run_wrk("direct: GET / on agent-watcher", &format!("http://127.0.0.1:{port}/"), &[("X-BackendAI-Watcher-Token", TOKEN)], None);
@@ -393,13 +400,7 @@ async fn run(db_url: String) -> Vec<Row> {
         }
         // Where the cost sits: the daemon's HTTP stack alone, and with signature verification.
         let healthz = run_wrk("the daemon's HTTP stack: GET /healthz (unsigned)", &format!("http://127.0.0.1:{}/healthz", daemon.port), &[], None);
-        let whoami_h = signed_headers(&setup, daemon.port, "GET", "/v1/whoami");
-        let whoami_vars = [
-            ("SIGNED_DATE", whoami_h.date.clone()),
-            ("SIGNED_AUTHORIZATION", whoami_h.authorization.clone()),
-            ("SIGNED_VERSION", COMPAT_API_VERSION.to_owned()),
-            ("SIGNED_CONTENT_TYPE", "text/plain".to_owned()),
-        ];
+        let whoami_vars = wrk_signed_env(&signed_headers(&setup, daemon.port, "GET", "/v1/whoami"));
         let whoami = run_wrk("signature verification: GET /v1/whoami", &format!("http://127.0.0.1:{}/v1/whoami", daemon.port), &[], Some(&whoami_vars));
         assert_eq!((direct.non2xx, proxied.non2xx, healthz.non2xx, whoami.non2xx), (0, 0, 0, 0), "non-2xx answers under load");
         row(&mut rows, "status direct (`GET /` on agent-watcher), wrk -c8 10 s", format!("{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms", direct.rps, direct.p50_ms, direct.p99_ms), "—");

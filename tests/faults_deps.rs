@@ -87,19 +87,7 @@ async fn database_cut_mid_command_leaves_no_open_audit_row_once_it_returns() {
     assert!(matches!(status, 200 | 503), "{status} {body}");
 
     // Once the database is back, the audit trail holds no command that is still "running".
-    let settled = common::eventually(Duration::from_secs(10), || async {
-        let (s, b) = app.get("/v1/agents/i-db-mid/events").await;
-        s == 200 && b["events"].as_array().is_some_and(|e| !e.is_empty() && e.iter().all(|e| e["outcome"] != "running"))
-    })
-    .await;
-    let (_, events) = app.get("/v1/agents/i-db-mid/events").await;
-    assert!(settled, "an audit row stayed open after the database returned: {events}");
-    let first: &Value = &events["events"][0];
-    assert_eq!(first["action"], "restart");
-    assert!(first["finished_at"].is_string(), "{first}");
-    if status == 200 {
-        assert_eq!(first["outcome"], "succeeded", "the audit row says what the caller was told: {first}");
-    }
+    restart_outcome_recorded(&app, "i-db-mid", 1, status, Duration::from_secs(10)).await;
 
     // And the next command works.
     let (status, body) = app.post("/v1/agents/i-db-mid/restart", None).await;
@@ -145,18 +133,7 @@ async fn postgres_restarted_mid_command_the_outcome_is_recorded_and_the_next_com
 
     // With PostgreSQL back, the daemon reconnects by itself, and the audit trail holds no command that is still
     // "running".
-    let settled = common::eventually(Duration::from_secs(15), || async {
-        let (s, b) = app.get("/v1/agents/i-pg-restart/events").await;
-        s == 200 && b["events"].as_array().is_some_and(|e| e.len() == 2 && e.iter().all(|e| e["outcome"] != "running"))
-    })
-    .await;
-    let (_, events) = app.get("/v1/agents/i-pg-restart/events").await;
-    assert!(settled, "an audit row stayed open after PostgreSQL returned: {events}");
-    let latest: &Value = &events["events"][0];
-    assert!(latest["finished_at"].is_string(), "{latest}");
-    if status == 200 {
-        assert_eq!(latest["outcome"], "succeeded", "the audit row says what the caller was told: {latest}");
-    }
+    restart_outcome_recorded(&app, "i-pg-restart", 2, status, Duration::from_secs(15)).await;
     let (ready, body) = app.request("GET", "/readyz", None, None).await;
     assert_eq!(ready, 200, "{body}");
 
@@ -165,4 +142,23 @@ async fn postgres_restarted_mid_command_the_outcome_is_recorded_and_the_next_com
     assert_eq!(status, 200, "{body}");
     let (_, events) = app.get("/v1/agents/i-pg-restart/events").await;
     assert_eq!((events["events"].as_array().map(Vec::len), events["events"][0]["outcome"].as_str()), (Some(3), Some("succeeded")), "{events}");
+}
+
+/// Once the database is back: waits until the agent's audit trail holds `count` events and none is still
+/// `running`, then checks that the newest is a finished restart that says what the caller was told (`told`).
+async fn restart_outcome_recorded(app: &TestApp, agent: &str, count: usize, told: u16, within: Duration) {
+    let path = format!("/v1/agents/{agent}/events");
+    let settled = common::eventually(within, || async {
+        let (s, b) = app.get(&path).await;
+        s == 200 && b["events"].as_array().is_some_and(|e| e.len() == count && e.iter().all(|e| e["outcome"] != "running"))
+    })
+    .await;
+    let (_, events) = app.get(&path).await;
+    assert!(settled, "an audit row stayed open after the database returned: {events}");
+    let latest: &Value = &events["events"][0];
+    assert_eq!(latest["action"], "restart");
+    assert!(latest["finished_at"].is_string(), "{latest}");
+    if told == 200 {
+        assert_eq!(latest["outcome"], "succeeded", "the audit row says what the caller was told: {latest}");
+    }
 }

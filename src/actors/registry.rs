@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{Arc, PoisonError, RwLock},
 };
 
 use actix::prelude::*;
@@ -64,10 +64,7 @@ impl RegistryActor {
 
     fn actor_for(&mut self, id: AgentId) -> Addr<AgentActor> {
         let deps = self.deps.clone();
-        let mut table = match self.agents.0.write() {
-            Ok(t) => t,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut table = self.agents.0.write().unwrap_or_else(PoisonError::into_inner);
         let addr = table.entry(id.clone()).or_insert_with(|| AgentActor::new(id, deps).start()).clone();
         self.deps.metrics.agents.set(table.len() as i64);
         addr

@@ -12,7 +12,7 @@ pub mod signing;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -118,10 +118,7 @@ impl StoredKey {
     }
 
     fn prepared(&self, day: &str, host: &str) -> PreparedKey {
-        let mut slot = match self.prepared.lock() {
-            Ok(slot) => slot,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut slot = self.prepared.lock().unwrap_or_else(PoisonError::into_inner);
         match slot.as_ref() {
             Some((d, h, key)) if d == day && h == host => key.clone(),
             _ => {

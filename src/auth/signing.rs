@@ -69,20 +69,6 @@ pub struct Credential<'a> {
     pub signature: &'a str,
 }
 
-/// The 7-line string that is signed.
-pub fn signing_string(input: &SigningInput<'_>) -> String {
-    format!(
-        "{}\n{}\n{}\nhost:{}\ncontent-type:{}\nx-backendai-version:{}\n{}",
-        input.method.to_ascii_uppercase(),
-        input.rel_url,
-        input.date,
-        input.host,
-        input.content_type.to_ascii_lowercase(),
-        input.api_version,
-        EMPTY_BODY_SHA256
-    )
-}
-
 fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
     // HMAC accepts keys of any length, so this never fails.
     let mut mac = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
@@ -90,10 +76,9 @@ fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
-/// `k_signing = HMAC(HMAC(secret, YYYYMMDD), host)`; `date` is the calendar day written in the `Date` header.
-pub fn signing_key(secret_key: &str, date: &DateTime<FixedOffset>, host: &str) -> [u8; 32] {
-    let k_date = hmac(secret_key.as_bytes(), signing_day(date).as_bytes());
-    hmac(&k_date, host.as_bytes())
+/// `k_signing = HMAC(HMAC(secret, YYYYMMDD), host)`, for the calendar day `YYYYMMDD` written in the `Date` header.
+fn derive_key(secret_key: &str, day: &str, host: &str) -> [u8; 32] {
+    hmac(&hmac(secret_key.as_bytes(), day.as_bytes()), host.as_bytes())
 }
 
 /// The `YYYYMMDD` the signing key is derived with: the calendar day as written in the `Date` header (its own
@@ -109,10 +94,14 @@ pub fn signing_day(date: &DateTime<FixedOffset>) -> String {
 pub struct PreparedKey(HmacSha256);
 
 impl PreparedKey {
+    /// For `secret_key` and the day and host `input` is signed for. Fails only when `input.date` does not parse.
+    pub fn for_input(secret_key: &str, input: &SigningInput<'_>) -> Result<Self, SigningError> {
+        Ok(Self::new(secret_key, &signing_day(&parse_date(input.date)?), input.host))
+    }
+
     /// For `secret_key`, the day `YYYYMMDD` ([`signing_day`]) and `host`.
     pub fn new(secret_key: &str, day: &str, host: &str) -> Self {
-        let k_signing = hmac(&hmac(secret_key.as_bytes(), day.as_bytes()), host.as_bytes());
-        Self(<HmacSha256 as Mac>::new_from_slice(&k_signing).unwrap_or_else(|_| unreachable!("HMAC takes any key length")))
+        Self(<HmacSha256 as Mac>::new_from_slice(&derive_key(secret_key, day, host)).unwrap_or_else(|_| unreachable!("HMAC takes any key length")))
     }
 
     /// The raw signature of `input`; the signing string is fed to the HMAC piece by piece, never built.
@@ -150,14 +139,12 @@ impl PreparedKey {
 
 /// The lower-case hex signature of `input` with `secret_key`. Fails only when `input.date` does not parse.
 pub fn sign(secret_key: &str, input: &SigningInput<'_>) -> Result<String, SigningError> {
-    let date = parse_date(input.date)?;
-    Ok(hex::encode(PreparedKey::new(secret_key, &signing_day(&date), input.host).signature(input)))
+    Ok(hex::encode(PreparedKey::for_input(secret_key, input)?.signature(input)))
 }
 
 /// Whether `signature` (hex, any case) is the signature of `input` with `secret_key`, compared in constant time.
 pub fn verify(secret_key: &str, input: &SigningInput<'_>, signature: &str) -> bool {
-    let Ok(date) = parse_date(input.date) else { return false };
-    PreparedKey::new(secret_key, &signing_day(&date), input.host).verify(input, signature)
+    PreparedKey::for_input(secret_key, input).is_ok_and(|key| key.verify(input, signature))
 }
 
 /// `BackendAI signMethod=HMAC-SHA256, credential=<access_key>:<signature>`, exactly as the official client writes it.
@@ -277,6 +264,25 @@ mod tests {
     use sha2::Digest;
 
     use super::*;
+
+    /// The 7-line string that is signed, built whole: the reference [`PreparedKey::signature`] is checked against.
+    fn signing_string(input: &SigningInput<'_>) -> String {
+        format!(
+            "{}\n{}\n{}\nhost:{}\ncontent-type:{}\nx-backendai-version:{}\n{}",
+            input.method.to_ascii_uppercase(),
+            input.rel_url,
+            input.date,
+            input.host,
+            input.content_type.to_ascii_lowercase(),
+            input.api_version,
+            EMPTY_BODY_SHA256
+        )
+    }
+
+    /// `k_signing` for the day written in `date`.
+    fn signing_key(secret_key: &str, date: &DateTime<FixedOffset>, host: &str) -> [u8; 32] {
+        derive_key(secret_key, &signing_day(date), host)
+    }
 
     const AK: &str = "AKIAIOSFODNN7EXAMPLE";
     const SK: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";

@@ -176,8 +176,7 @@ impl Tools {
         })?;
         let etcd = which("etcd")
             .ok_or_else(|| DevError::Missing("etcd not found on PATH (install the `etcd-server` package; scripts/dev does)".into()))?;
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let as_root = unsafe { libc::geteuid() } == 0;
+        let as_root = running_as_root();
         if as_root && which("runuser").is_none() {
             return Err(DevError::Missing("running as root needs `runuser` (util-linux) to run PostgreSQL as postgres".into()));
         }
@@ -186,21 +185,34 @@ impl Tools {
 
     /// A PostgreSQL tool, run as `postgres` when we are root.
     fn pg(&self, tool: &str) -> tokio::process::Command {
-        let program = self.pg_bin.join(tool);
-        let mut cmd = if self.as_root {
-            let mut c = tokio::process::Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(program);
-            c
-        } else {
-            tokio::process::Command::new(program)
-        };
-        cmd.stdin(Stdio::null()).process_group(0);
+        let mut cmd = tokio::process::Command::from(pg_command(&self.pg_bin, tool, self.as_root));
+        cmd.process_group(0);
         cmd
     }
 }
 
+/// Whether this process runs as root, where PostgreSQL's tools must run as `postgres` (they refuse root).
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The PostgreSQL tool `tool` from `pg_bin`, through `runuser -u postgres` when `as_root`; stdin closed.
+pub fn pg_command(pg_bin: &Path, tool: &str, as_root: bool) -> std::process::Command {
+    let program = pg_bin.join(tool);
+    let mut cmd = if as_root {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        std::process::Command::new(program)
+    };
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
 /// The newest `/usr/lib/postgresql/<version>/bin` holding `initdb`, else the directory of `initdb` on PATH.
-fn find_pg_bin() -> Option<PathBuf> {
+pub fn find_pg_bin() -> Option<PathBuf> {
     let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()

@@ -1,5 +1,5 @@
-//! Real service processes owned by one test: a private etcd that a test may stop and restart, and a free-port
-//! helper. Everything binds 127.0.0.1 only.
+//! Real service processes owned by one test: a private etcd and a private PostgreSQL that a test may stop and
+//! restart, a PostgreSQL proxy to cut, and a free-port helper. Everything binds 127.0.0.1 only.
 
 use std::{
     net::TcpListener,
@@ -7,6 +7,8 @@ use std::{
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
+
+use agent_supervisor::cli::dev;
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
@@ -110,18 +112,10 @@ pub struct PrivatePostgres {
 
 impl PrivatePostgres {
     pub fn start() -> Self {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path().join("bin"))
-            .filter(|b| b.join("initdb").is_file())
-            .max_by_key(|b| b.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok()))
-            .expect("PostgreSQL (package postgresql) is required; scripts/test installs it");
+        let bin = dev::find_pg_bin().expect("PostgreSQL (package postgresql) is required; scripts/test installs it");
         let dir = tempfile::tempdir().unwrap();
         let me = Self { port: free_port(), bin, dir };
-        if is_root() {
+        if dev::running_as_root() {
             let chowned = Command::new("chown").arg("postgres").arg(me.dir.path()).status().unwrap();
             assert!(chowned.success(), "cannot hand {} to the postgres account", me.dir.path().display());
         }
@@ -153,16 +147,7 @@ impl PrivatePostgres {
     }
 
     fn tool(&self, name: &str) -> Command {
-        let path = self.bin.join(name);
-        let mut cmd = if is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(path);
-            c
-        } else {
-            Command::new(path)
-        };
-        cmd.stdin(Stdio::null());
-        cmd
+        dev::pg_command(&self.bin, name, dev::running_as_root())
     }
 
     fn pg_ctl(&self, args: &[&str]) -> std::process::Output {
@@ -188,11 +173,6 @@ impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         let _ = self.pg_ctl(&["-m", "immediate", "-w", "stop"]);
     }
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// A TCP proxy to PostgreSQL that a test can cut (every connection dropped, new ones refused) and restore, to
