@@ -198,12 +198,34 @@ async fn call(client: &awc::Client, s: &Setup, port: u16, method: &str, path: &s
 }
 
 /// Requests/sec, p50 and p99 (ms) and non-2xx answers from `wrk --latency` output.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct WrkResult {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
     non2xx: u64,
+    /// CPU time (user + system) each watched process spent per request answered, in µs.
+    cpu_us: Vec<f64>,
+}
+
+/// User plus system CPU time of the waited-for children so far (here: the wrk runs), in µs.
+fn children_cpu_us() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let us = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+    us(ru.ru_utime) + us(ru.ru_stime)
+}
+
+/// User plus system CPU time of a process so far, in µs (`/proc/PID/stat`, clock ticks of 1/100 s).
+fn cpu_us(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name: state is field 3, utime 14 and stime 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(14) + ticks(15)) * 1e6 / hz
 }
 
 fn duration_ms(s: &str) -> f64 {
@@ -220,7 +242,7 @@ fn duration_ms(s: &str) -> f64 {
     num.parse::<f64>().unwrap_or(f64::NAN) * factor
 }
 
-fn run_wrk(label: &str, url: &str, headers: &[(&str, &str)], script_env: Option<&[(&str, String)]>) -> WrkResult {
+fn run_wrk(label: &str, url: &str, headers: &[(&str, &str)], script_env: Option<&[(&str, String)]>, watch: &[u32]) -> WrkResult {
     // BENCH_WRK_CPUS pins wrk (taskset -c), so that it does not share cores with what it measures.
     let mut cmd = match std::env::var("BENCH_WRK_CPUS") {
         Ok(cpus) => {
@@ -238,13 +260,20 @@ fn run_wrk(label: &str, url: &str, headers: &[(&str, &str)], script_env: Option<
         cmd.args(["-s", Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/signed.lua").to_str().unwrap()]);
         cmd.envs(vars.iter().map(|(k, v)| (*k, v.as_str())));
     }
+    // The watched processes, then wrk itself.
+    let cpu = || watch.iter().map(|&pid| cpu_us(pid)).chain([children_cpu_us()]).collect::<Vec<f64>>();
+    let cpu_before = cpu();
     let out = cmd.arg(url).output().expect("wrk is required (apt-get install wrk)");
+    let cpu_after = cpu();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     eprintln!("== {label}\n{text}");
     let mut r = WrkResult::default();
+    let mut requests: f64 = 0.0;
     for line in text.lines() {
         let t = line.trim();
-        if let Some(v) = t.strip_prefix("Requests/sec:") {
+        if let Some((n, _)) = t.split_once(" requests in ") {
+            requests = n.trim().parse().unwrap_or(0.0);
+        } else if let Some(v) = t.strip_prefix("Requests/sec:") {
             r.rps = v.trim().parse().unwrap_or(0.0);
         } else if let Some(v) = t.strip_prefix("50%") {
             r.p50_ms = duration_ms(v);
@@ -254,6 +283,7 @@ fn run_wrk(label: &str, url: &str, headers: &[(&str, &str)], script_env: Option<
             r.non2xx = v.trim().parse().unwrap_or(0);
         }
     }
+    r.cpu_us = cpu_before.iter().zip(&cpu_after).map(|(b, a)| (a - b) / requests.max(1.0)).collect();
     r
 }
 
@@ -376,7 +406,8 @@ async fn run(db_url: String) -> Vec<Row> {
             &[("Date", &h.date), ("Authorization", &h.authorization), ("X-BackendAI-Version", COMPAT_API_VERSION), ("Content-Type", SIGNED_CONTENT_TYPE)],
         );
         assert_eq!(check, 200, "the precomputed signed request is not accepted");
-        let direct = run_wrk("direct: GET / on agent-watcher", &format!("http://127.0.0.1:{port}/"), &[("X-BackendAI-Watcher-Token", TOKEN)], None);
+        let both = [daemon.pid(), watcher.pid()];
+        let direct = run_wrk("direct: GET / on agent-watcher", &format!("http://127.0.0.1:{port}/"), &[("X-BackendAI-Watcher-Token", TOKEN)], None, &[watcher.pid()]);
         let profile = std::env::var("BENCH_PROFILE").ok().map(|out| {
             Command::new("perf")
                 .args(["record", "-g", "-o", &out, "-p", &daemon.pid().to_string()])
@@ -387,7 +418,7 @@ async fn run(db_url: String) -> Vec<Row> {
         });
         let (answered_before, calls_before) =
             (counter(daemon.port, "http_requests_total", "status=\"200\""), counter(daemon.port, "watcher_calls_total", "kind=\"status\""));
-        let proxied = run_wrk("through the daemon: GET /resource/watcher", &format!("http://127.0.0.1:{}{path}", daemon.port), &[], Some(&vars));
+        let proxied = run_wrk("through the daemon: GET /resource/watcher", &format!("http://127.0.0.1:{}{path}", daemon.port), &[], Some(&vars), &both);
         let answered = counter(daemon.port, "http_requests_total", "status=\"200\"") - answered_before;
         let calls = counter(daemon.port, "watcher_calls_total", "kind=\"status\"") - calls_before;
         // Slow watcher calls tell a stall at the watcher (or on the way to it) from one inside the daemon.
@@ -399,9 +430,9 @@ async fn run(db_url: String) -> Vec<Row> {
             let _ = perf.wait_with_output();
         }
         // Where the cost sits: the daemon's HTTP stack alone, and with signature verification.
-        let healthz = run_wrk("the daemon's HTTP stack: GET /healthz (unsigned)", &format!("http://127.0.0.1:{}/healthz", daemon.port), &[], None);
+        let healthz = run_wrk("the daemon's HTTP stack: GET /healthz (unsigned)", &format!("http://127.0.0.1:{}/healthz", daemon.port), &[], None, &both);
         let whoami_vars = wrk_signed_env(&signed_headers(&setup, daemon.port, "GET", "/v1/whoami"));
-        let whoami = run_wrk("signature verification: GET /v1/whoami", &format!("http://127.0.0.1:{}/v1/whoami", daemon.port), &[], Some(&whoami_vars));
+        let whoami = run_wrk("signature verification: GET /v1/whoami", &format!("http://127.0.0.1:{}/v1/whoami", daemon.port), &[], Some(&whoami_vars), &both);
         assert_eq!((direct.non2xx, proxied.non2xx, healthz.non2xx, whoami.non2xx), (0, 0, 0, 0), "non-2xx answers under load");
         row(&mut rows, "status direct (`GET /` on agent-watcher), wrk -c8 10 s", format!("{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms", direct.rps, direct.p50_ms, direct.p99_ms), "—");
         row(&mut rows, "status via daemon (`GET /resource/watcher`, signed)", format!("{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms", proxied.rps, proxied.p50_ms, proxied.p99_ms), "—");
@@ -414,6 +445,19 @@ async fn run(db_url: String) -> Vec<Row> {
         row(&mut rows, "status requests answered per watcher call (shared calls in flight)", format!("{:.2} ({answered:.0} requests, {calls:.0} calls, {slow_calls:.0} of them over 100 ms)", answered / calls.max(1.0)), "—");
         row(&mut rows, "daemon alone: `GET /healthz` (unsigned)", format!("{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms", healthz.rps, healthz.p50_ms, healthz.p99_ms), "—");
         row(&mut rows, "daemon alone: `GET /v1/whoami` (signed)", format!("{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms", whoami.rps, whoami.p50_ms, whoami.p99_ms), "—");
+        let us = |r: &WrkResult, i: usize| r.cpu_us.get(i).map_or("—".to_string(), |v| format!("{v:.1}"));
+        row(
+            &mut rows,
+            "CPU per request, µs (daemon / watcher / wrk)",
+            format!(
+                "direct — / {} / {}; via daemon {} / {} / {}; healthz {} / — / {}; whoami {} / — / {}",
+                us(&direct, 0), us(&direct, 1),
+                us(&proxied, 0), us(&proxied, 1), us(&proxied, 2),
+                us(&healthz, 0), us(&healthz, 2),
+                us(&whoami, 0), us(&whoami, 2),
+            ),
+            "—",
+        );
         drop(daemon);
         drop(watcher);
     }

@@ -1,10 +1,13 @@
 //! Assembles the daemon: database pool, migrations, etcd watcher directory, actors, and the HTTP server. Used by
 //! `agent-supervisor serve` and by the end-to-end tests, so both run exactly the same thing.
 
-use std::{net::TcpListener, time::Duration};
+use std::{
+    net::TcpListener,
+    time::{Duration, Instant},
+};
 
 use actix::Actor;
-use actix_web::{App, HttpServer, dev::Server, middleware, web};
+use actix_web::{App, HttpServer, middleware, web};
 
 use crate::{
     agent_rpc::AgentRpc,
@@ -35,7 +38,8 @@ pub enum StartError {
 
 /// A started daemon: the server future to await, and handles for tests and shutdown.
 pub struct Running {
-    pub server: Server,
+    pub server: ServerTask,
+    pub handle: actix_web::dev::ServerHandle,
     pub addr: std::net::SocketAddr,
     pub supervisor: Supervisor,
     pub directory: WatcherDirectory,
@@ -51,8 +55,8 @@ pub struct Handles {
 }
 
 impl Running {
-    pub fn split(self) -> (Server, Handles) {
-        let handles = Handles { addr: self.addr, supervisor: self.supervisor, directory: self.directory, server: self.server.handle() };
+    pub fn split(self) -> (ServerTask, Handles) {
+        let handles = Handles { addr: self.addr, supervisor: self.supervisor, directory: self.directory, server: self.handle };
         (self.server, handles)
     }
 }
@@ -86,20 +90,19 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
     let deps = Deps { db: db.clone(), directory: directory.clone(), rpc, metrics: metrics.clone(), settings: settings.clone() };
     let registry = RegistryActor::new(deps);
     let agents = registry.table();
+    let homes = registry.homes();
     let registry = registry.start();
-    match registry.send(LoadAgents).await {
-        Ok(Ok(n)) => tracing::info!(agents = n, "agent actors started"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "agents not loaded at start-up; actors are created on first use"),
-        Err(e) => tracing::warn!(error = %e, "registry did not answer"),
-    }
     let auth = Authenticator::new(db.clone(), config.api.clock_skew_s);
-    let supervisor = Supervisor::new(registry, agents, db, directory.clone(), settings);
+    let supervisor = Supervisor::new(registry.clone(), agents, db, directory.clone(), settings);
     let state = AppState { supervisor: supervisor.clone(), metrics, metrics_token: config.metrics.token.clone(), auth };
 
     let addr = listener.local_addr()?;
     let max_body = config.api.max_body_bytes;
     let api_state = state.clone();
+    let worker_homes = homes.clone();
     let server = HttpServer::new(move || {
+        // The agent actors live on the worker threads (see `ActorHomes`).
+        worker_homes.register_current();
         App::new()
             .app_data(web::Data::new(api_state.clone()))
             .app_data(web::PayloadConfig::new(max_body))
@@ -125,9 +128,38 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
         tracing::info!(listen = %metrics_listen, "metrics served");
         actix_rt::spawn(metrics_server);
     }
-    let server = if config.api.workers > 0 { server.workers(config.api.workers) } else { server };
-    let server = server.shutdown_timeout(config.api.shutdown_timeout_s).disable_signals().run();
-    Ok(Running { server, addr, supervisor, directory })
+    let workers = config.api.resolved_workers();
+    let server = server.workers(workers).shutdown_timeout(config.api.shutdown_timeout_s).disable_signals().run();
+    let handle = server.handle();
+    // The workers start once the server runs; the agent actors are created on them.
+    let server = ServerTask(actix_rt::spawn(server));
+    let deadline = Instant::now() + WORKERS_START_WITHIN;
+    while homes.len() < workers && Instant::now() < deadline {
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+    if homes.len() < workers {
+        tracing::warn!(started = homes.len(), workers, "not every HTTP worker started in time; agent actors use the ones that did");
+    }
+    match registry.send(LoadAgents).await {
+        Ok(Ok(n)) => tracing::info!(agents = n, "agent actors started"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "agents not loaded at start-up; actors are created on first use"),
+        Err(e) => tracing::warn!(error = %e, "registry did not answer"),
+    }
+    Ok(Running { server, handle, addr, supervisor, directory })
+}
+
+/// How long start-up waits for the HTTP workers (the agent actors' threads) before creating the actors.
+const WORKERS_START_WITHIN: Duration = Duration::from_secs(10);
+
+/// The running HTTP server; resolves when it has stopped.
+pub struct ServerTask(actix_rt::task::JoinHandle<std::io::Result<()>>);
+
+impl std::future::Future for ServerTask {
+    type Output = std::io::Result<()>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or_else(|e| Err(std::io::Error::other(e))))
+    }
 }
 
 /// `agent-supervisor serve`: runs until SIGTERM/SIGINT, then stops accepting, lets in-flight requests (and so the

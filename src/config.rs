@@ -137,13 +137,20 @@ pub struct ApiConfig {
     pub clock_skew_s: u64,
     /// On SIGTERM, how long in-flight requests (and so commands) may take to finish.
     pub shutdown_timeout_s: u64,
-    /// HTTP worker threads; 0 means one per physical CPU core.
+    /// HTTP worker threads, which the agent actors share (each agent lives on one); 0 means one per CPU.
     pub workers: usize,
+}
+
+impl ApiConfig {
+    /// `workers`, with 0 resolved to the number of CPUs this process may use.
+    pub fn resolved_workers(&self) -> usize {
+        if self.workers > 0 { self.workers } else { std::thread::available_parallelism().map_or(1, |n| n.get()) }
+    }
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8091".to_owned(), max_body_bytes: 64 * 1024, clock_skew_s: 15 * 60, shutdown_timeout_s: 30, workers: 0 }
+        Self { listen: "127.0.0.1:8091".to_owned(), max_body_bytes: 64 * 1024, clock_skew_s: 15 * 60, shutdown_timeout_s: 30, workers: 1 }
     }
 }
 

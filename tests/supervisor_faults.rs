@@ -288,3 +288,43 @@ async fn concurrent_status_requests_share_one_watcher_call_but_never_across_a_co
     assert_eq!(first.await.unwrap().data["call"], 3);
     assert_eq!(second.data["call"], 4, "the status after the restart came from a call made after it");
 }
+
+#[actix_rt::test]
+async fn agent_actors_live_on_the_http_workers_and_are_started_again_when_those_stop() {
+    use agent_supervisor::actors::ListAgentActors;
+    let app = TestApp::spawn().await;
+    let (port, calls, _h) = counting_watcher(Duration::ZERO).await;
+    app.add_agent("i-home").await;
+    app.register_watcher("i-home", port).await;
+    let (status, body) = app.get("/v1/agents/i-home/watcher").await;
+    assert_eq!((status, body["watcher"]["call"].as_u64()), (200, Some(1)), "{body}");
+    let registry = app.running.supervisor.registry().clone();
+    let actor = registry.send(GetAgent { agent_id: id("i-home") }).await.unwrap().unwrap();
+    assert_eq!(actor.send(GetWatcherStatus).await.unwrap().unwrap().data["call"], 2);
+
+    // The actor lives on an HTTP worker thread: stopping the HTTP server stops it too.
+    app.running.server.stop(true).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while actor.connected() && Instant::now() < deadline {
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!actor.connected(), "the agent's actor outlived the HTTP workers");
+    assert!(actor.send(GetWatcherStatus).await.is_err());
+
+    // Unasked, the registry starts it again (on its own thread, no worker being left), and it answers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let revived = loop {
+        let entries = registry.send(ListAgentActors).await.unwrap();
+        if let Some((_, a)) = entries.into_iter().find(|(a, addr)| a.as_str() == "i-home" && addr.connected()) {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "the stopped actor was not started again");
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(revived.send(GetWatcherStatus).await.unwrap().unwrap().data["call"], 3);
+    let again = registry.send(GetAgent { agent_id: id("i-home") }).await.unwrap().unwrap();
+    assert!(again.connected());
+    assert_eq!(again.send(WatcherAgentRestart { requester: "t".into() }).await.unwrap().unwrap().data["result"], "ok");
+    assert_eq!(again.send(GetWatcherStatus).await.unwrap().unwrap().data["call"], 4);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 4);
+}

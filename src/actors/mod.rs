@@ -14,7 +14,7 @@ pub use agent::{
     WatcherAgentRestart, WatcherAgentStart, WatcherAgentStop, WatcherCommandResult,
 };
 pub use recalc::{RecalculateUsage, RecalculateUsageResult};
-pub use registry::{AgentTable, GetAgent, ListAgentActors, LoadAgents, Ping, RegistryActor};
+pub use registry::{ActorHomes, AgentTable, GetAgent, ListAgentActors, LoadAgents, Ping, RegistryActor};
 pub use sync::{SyncAgentRegistry, SyncAgentRegistryResult};
 
 use crate::{agent_rpc::AgentRpc, telemetry::metrics::Metrics, config::Config, db::Db, etcd::WatcherDirectory};

@@ -1,12 +1,16 @@
 //! `RegistryActor`: owns the map of agent actors, creating one on first use (after checking the agent exists) and
-//! one for every agent in the database at start-up.
+//! one for every agent in the database at start-up, and starting again any that stopped.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, PoisonError, RwLock},
+    hash::{BuildHasher, BuildHasherDefault, DefaultHasher},
+    sync::{Arc, Mutex, PoisonError, RwLock},
+    thread::ThreadId,
+    time::Duration,
 };
 
 use actix::prelude::*;
+use actix_rt::ArbiterHandle;
 
 use super::{AgentActor, Deps};
 use crate::{
@@ -21,8 +25,9 @@ use crate::{
 pub struct AgentTable(Arc<RwLock<HashMap<AgentId, Addr<AgentActor>>>>);
 
 impl AgentTable {
+    /// The agent's actor, if it has one that runs (the registry starts stopped ones again).
     pub fn get(&self, id: &AgentId) -> Option<Addr<AgentActor>> {
-        self.0.read().ok().and_then(|m| m.get(id).cloned())
+        self.0.read().ok().and_then(|m| m.get(id).filter(|a| a.connected()).cloned())
     }
 
     pub fn len(&self) -> usize {
@@ -38,15 +43,68 @@ impl AgentTable {
     }
 }
 
+/// The threads agent actors live on: the HTTP server's worker threads, each of which registers itself when it
+/// starts. An agent's actor lives on one of them (chosen by its id), so a request that lands on that thread asks
+/// its actor, and the actor answers, without a hand-off between threads. Without registered threads (the actor layer
+/// used without HTTP), actors live on the registry's thread.
+#[derive(Clone, Default)]
+pub struct ActorHomes(Arc<Mutex<Vec<(ThreadId, ArbiterHandle)>>>);
+
+impl ActorHomes {
+    /// Registers the calling thread's arbiter, once per thread (the HTTP app factory runs on each worker thread).
+    pub fn register_current(&self) {
+        let Some(handle) = actix_rt::Arbiter::try_current() else { return };
+        let id = std::thread::current().id();
+        let mut homes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if !homes.iter().any(|(t, _)| *t == id) {
+            homes.push((id, handle));
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().map(|h| h.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Starts `id`'s actor on its home thread, forgetting homes whose thread has stopped; on the current thread
+    /// when no home is left.
+    fn start(&self, id: &AgentId, make: impl Fn() -> AgentActor + Send + Clone + 'static) -> Addr<AgentActor> {
+        let mut homes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        while !homes.is_empty() {
+            let at = (BuildHasherDefault::<DefaultHasher>::default().hash_one(id.as_str()) % homes.len() as u64) as usize;
+            let make = make.clone();
+            let addr = AgentActor::start_in_arbiter(&homes[at].1, move |_| make());
+            // A stopped arbiter drops the start-up closure, and with it the actor's mailbox.
+            if addr.connected() {
+                return addr;
+            }
+            homes.swap_remove(at);
+        }
+        make().start()
+    }
+}
+
 pub struct RegistryActor {
     deps: Deps,
     agents: AgentTable,
+    homes: ActorHomes,
     recalc: super::recalc::RecalcState,
 }
 
+/// How often the registry looks for agent actors that stopped (their thread ended, or they panicked).
+const REVIVE_EVERY: Duration = Duration::from_secs(5);
+
 impl RegistryActor {
     pub fn new(deps: Deps) -> Self {
-        Self { deps, agents: AgentTable::default(), recalc: Default::default() }
+        Self { deps, agents: AgentTable::default(), homes: ActorHomes::default(), recalc: Default::default() }
+    }
+
+    /// The threads new agent actors are started on.
+    pub fn homes(&self) -> ActorHomes {
+        self.homes.clone()
     }
 
     pub(super) fn recalc_state(&mut self) -> &mut super::recalc::RecalcState {
@@ -63,16 +121,42 @@ impl RegistryActor {
     }
 
     fn actor_for(&mut self, id: AgentId) -> Addr<AgentActor> {
-        let deps = self.deps.clone();
         let mut table = self.agents.0.write().unwrap_or_else(PoisonError::into_inner);
-        let addr = table.entry(id.clone()).or_insert_with(|| AgentActor::new(id, deps).start()).clone();
+        if let Some(addr) = table.get(&id).filter(|a| a.connected()) {
+            return addr.clone();
+        }
+        let addr = self.start_actor(&id);
+        table.insert(id, addr.clone());
         self.deps.metrics.agents.set(table.len() as i64);
         addr
+    }
+
+    fn start_actor(&self, id: &AgentId) -> Addr<AgentActor> {
+        let (id2, deps) = (id.clone(), self.deps.clone());
+        self.homes.start(id, move || AgentActor::new(id2.clone(), deps.clone()))
+    }
+
+    /// Starts again the actors that stopped. Their in-memory state (last observation, recent outcomes) is gone; the
+    /// audit log in the database is not.
+    fn revive(&mut self) {
+        let stopped: Vec<AgentId> = {
+            let table = self.agents.0.read().unwrap_or_else(PoisonError::into_inner);
+            table.iter().filter(|(_, a)| !a.connected()).map(|(id, _)| id.clone()).collect()
+        };
+        for id in stopped {
+            tracing::warn!(agent.id = %id, "agent actor had stopped; starting it again");
+            let addr = self.start_actor(&id);
+            self.agents.0.write().unwrap_or_else(PoisonError::into_inner).insert(id, addr);
+        }
     }
 }
 
 impl Actor for RegistryActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(REVIVE_EVERY, |act, _| act.revive());
+    }
 }
 
 /// The actor of one agent; `404 agent_not_found` if the database does not know it.

@@ -21,7 +21,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use actix_web::dev::Server;
 use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, upsert::excluded};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use rand::{Rng, rngs::OsRng};
@@ -350,7 +349,7 @@ async fn run(args: DevArgs, base: Config) -> Result<(), DevError> {
 }
 
 /// Runs the daemon until a signal, then stops it and lets in-flight requests finish.
-async fn serve_until_signal(server: Server, handles: app::Handles, mut shutdown: Shutdown) -> Result<(), DevError> {
+async fn serve_until_signal(server: app::ServerTask, handles: app::Handles, mut shutdown: Shutdown) -> Result<(), DevError> {
     let mut server = std::pin::pin!(server);
     let result = tokio::select! {
         r = &mut server => r.map_err(|e| failed("the daemon's HTTP server", e.to_string())),
@@ -406,7 +405,7 @@ async fn bring_up(
     listener: TcpListener,
     stack: &mut Stack,
     shutdown: Shutdown,
-) -> Result<(Server, app::Handles), DevError> {
+) -> Result<(app::ServerTask, app::Handles), DevError> {
     let started = Instant::now();
     prepare_dirs(tools, layout)?;
 
