@@ -4,10 +4,12 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use actix::prelude::*;
+use actix_web::web::Bytes;
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use serde::Serialize;
@@ -51,11 +53,13 @@ pub struct CommandOutcome {
 #[rtype(result = "Result<GetWatcherStatusResult, Problem>")]
 pub struct GetWatcherStatus;
 
-/// `GetWatcherStatusActionResult`: the watcher's JSON, verbatim.
-#[derive(Debug, Clone, Serialize)]
+/// `GetWatcherStatusActionResult`: the watcher's JSON, verbatim. Shared by every request one watcher call answers.
+#[derive(Debug, Clone)]
 pub struct GetWatcherStatusResult {
     pub agent_id: AgentId,
-    pub data: Value,
+    pub data: Arc<Value>,
+    /// `data` as the watcher sent it.
+    pub raw: Bytes,
     pub latency_ms: u64,
 }
 
@@ -381,7 +385,7 @@ async fn fetch_status(id: AgentId, deps: Deps) -> (Result<GetWatcherStatusResult
         },
     };
     let result = result
-        .map(|reply| GetWatcherStatusResult { agent_id: id.clone(), data: reply.body, latency_ms })
+        .map(|reply| GetWatcherStatusResult { agent_id: id.clone(), data: Arc::new(reply.body), raw: reply.raw, latency_ms })
         .map_err(|p| p.for_agent(id.as_str()));
     (result, observation)
 }

@@ -99,7 +99,7 @@ pub async fn announcement() -> HttpResponse {
 pub async fn watcher_status(_who: Superadmin, req: HttpRequest, body: Body, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     let p = agent_params(&body.0, req.query_string(), false)?;
     let result = state.supervisor.get_watcher_status(GetWatcherStatusAction { agent_id: p.agent_id }).await?;
-    Ok(HttpResponse::Ok().json(result.data))
+    Ok(HttpResponse::Ok().insert_header(actix_web::http::header::ContentType::json()).body(result.raw))
 }
 
 #[utoipa::path(post, path = "/resource/watcher/agent/start", tag = "backend.ai", operation_id = "compat_watcher_start",

@@ -126,7 +126,7 @@ pub async fn watcher_status(_who: Superadmin, req: HttpRequest, path: web::Path<
     query_pairs(req.query_string(), &[])?;
     let agent_id = parse_agent_id("agent_id", &path)?;
     let r = state.supervisor.get_watcher_status(GetWatcherStatusAction { agent_id }).await?;
-    Ok(HttpResponse::Ok().json(WatcherStatusReply { agent_id: r.agent_id, watcher: r.data, latency_ms: r.latency_ms }))
+    Ok(HttpResponse::Ok().json(WatcherStatusReply { agent_id: r.agent_id, watcher: Value::clone(&r.data), latency_ms: r.latency_ms }))
 }
 
 fn command_reply(r: WatcherCommandActionResult) -> HttpResponse {

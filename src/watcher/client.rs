@@ -6,6 +6,7 @@
 
 use std::{cell::RefCell, time::Duration};
 
+use actix_web::web::Bytes;
 use awc::error::{ConnectError, SendRequestError};
 use serde_json::Value;
 
@@ -121,6 +122,8 @@ fn client() -> awc::Client {
 pub struct WatcherReply {
     pub status: u16,
     pub body: Value,
+    /// The body as the watcher sent it (a JSON object: `body` is its parse).
+    pub raw: Bytes,
 }
 
 /// `GET /` on the watcher: the agent's status as the watcher reports it.
@@ -171,27 +174,27 @@ async fn call(
         Ok(result) => result?,
         Err(_) => return Err(WatcherError::Timeout { url, after: timeout }),
     };
-    let text = quote(&body);
+    let text = || quote(&body);
     match status {
         200..=299 => {
             let json = content_type.starts_with("application/json") || content_type.contains("+json");
             match serde_json::from_slice::<Value>(&body) {
-                Ok(value @ Value::Object(_)) if json => Ok(WatcherReply { status, body: value }),
-                _ => Err(WatcherError::BadResponse { url, reason: format!("HTTP {status} without a JSON object: {text}") }),
+                Ok(value @ Value::Object(_)) if json => Ok(WatcherReply { status, body: value, raw: body }),
+                _ => Err(WatcherError::BadResponse { url, reason: format!("HTTP {status} without a JSON object: {}", text()) }),
             }
         }
-        401 | 403 => Err(WatcherError::Auth { url, status, body: text }),
+        401 | 403 => Err(WatcherError::Auth { url, status, body: text() }),
         409 => {
             let code = serde_json::from_slice::<Value>(&body)
                 .ok()
                 .and_then(|v| v.get("error_code").and_then(Value::as_str).map(str::to_owned));
-            Err(WatcherError::Conflict { url, code, body: text })
+            Err(WatcherError::Conflict { url, code, body: text() })
         }
         500..=599 => match command {
-            Some(command) => Err(WatcherError::CommandFailed { url, command, status, body: problem_detail(&body).unwrap_or(text) }),
-            None => Err(WatcherError::BadResponse { url, reason: format!("HTTP {status}: {text}") }),
+            Some(command) => Err(WatcherError::CommandFailed { url, command, status, body: problem_detail(&body).unwrap_or_else(text) }),
+            None => Err(WatcherError::BadResponse { url, reason: format!("HTTP {status}: {}", text()) }),
         },
-        _ => Err(WatcherError::BadResponse { url, reason: format!("HTTP {status}: {text}") }),
+        _ => Err(WatcherError::BadResponse { url, reason: format!("HTTP {status}: {}", text()) }),
     }
 }
 
