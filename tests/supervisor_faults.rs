@@ -134,8 +134,9 @@ async fn backend_ai_watcher(token: &'static str, agent_status: &'static str) -> 
         if !ok {
             return HttpResponse::Forbidden().insert_header(("Server", "BackendAI-AgentWatcher")).content_type("text/plain; charset=utf-8").body("403: Forbidden");
         }
-        let body = if req.path() == "/" { json!({"agent-status": status, "watcher-status": "active"}) } else { json!({"result": "ok"}) };
-        HttpResponse::Ok().insert_header(("Server", "BackendAI-AgentWatcher")).json(body)
+        // aiohttp's json_response: Python's json.dumps, with its ", " and ": " separators.
+        let body = if req.path() == "/" { format!(r#"{{"agent-status": "{status}", "watcher-status": "active"}}"#) } else { r#"{"result": "ok"}"#.to_owned() };
+        HttpResponse::Ok().insert_header(("Server", "BackendAI-AgentWatcher")).content_type("application/json; charset=utf-8").body(body)
     }
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -157,6 +158,10 @@ async fn works_with_a_backend_ai_style_watcher() {
     app.register_watcher("i-bai", port).await;
     let (status, body) = app.get("/resource/watcher?agent_id=i-bai").await;
     assert_eq!((status, body), (200, json!({"agent-status": "active", "watcher-status": "active"})));
+    // Verbatim: the bytes the watcher sent.
+    let mut resp = app.signed("GET", "/resource/watcher?agent_id=i-bai", "application/json", &app.admin).send().await.unwrap();
+    assert_eq!(resp.headers().get("content-type").unwrap(), "application/json");
+    assert_eq!(resp.body().await.unwrap(), r#"{"agent-status": "active", "watcher-status": "active"}"#.as_bytes());
     // Backend.AI's watcher would answer 200 to a start of a running agent; our pre-check answers 409.
     let (status, body) = app.post("/resource/watcher/agent/start", Some(json!({"agent_id": "i-bai"}))).await;
     assert_eq!((status, body["error_code"].as_str()), (409, Some("agent_already_running")));
