@@ -143,8 +143,11 @@ impl RegistryActor {
             let table = self.agents.0.read().unwrap_or_else(PoisonError::into_inner);
             table.iter().filter(|(_, a)| !a.connected()).map(|(id, _)| id.clone()).collect()
         };
+        if stopped.is_empty() {
+            return;
+        }
+        tracing::warn!(count = stopped.len(), first = %stopped[0], "agent actors had stopped; starting them again");
         for id in stopped {
-            tracing::warn!(agent.id = %id, "agent actor had stopped; starting it again");
             let addr = self.start_actor(&id);
             self.agents.0.write().unwrap_or_else(PoisonError::into_inner).insert(id, addr);
         }
