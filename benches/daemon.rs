@@ -11,7 +11,9 @@
 //! Environment: `BENCH_AGENTS` (10000), `BENCH_FANOUT` (1000, also the number of agents restarted), `BENCH_PARALLEL`
 //! (100 restarts in flight), `BENCH_COMMAND_MS` (50: how long a simulated command takes), `WRK_DURATION` (10s),
 //! `WRK_CONNECTIONS` (8), `WRK_THREADS` (2), `BENCH_ONLY=proxy` (the status proxy rows only), `BENCH_WRK_CPUS` (pins wrk with `taskset -c`), `BENCH_PROFILE=<file>`
-//! (records the daemon with `perf record -g` into `<file>` while wrk drives the status proxy).
+//! (records the daemon with `perf record -g` into `<file>` while wrk drives the status proxy). `AGENT_SUPERVISOR_*`
+//! variables other than those set here reach the daemon (e.g. `AGENT_SUPERVISOR_API_WORKERS=2`). Each wrk run also
+//! reports the CPU time per request of the daemon, the watcher and wrk itself.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/support/sim_watcher.rs"]
