@@ -38,8 +38,9 @@ impl AgentTable {
         self.len() == 0
     }
 
+    /// The agents whose actors run (a stopped one is left out until the registry starts it again).
     pub fn entries(&self) -> Vec<(AgentId, Addr<AgentActor>)> {
-        self.0.read().map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default()
+        self.0.read().map(|m| m.iter().filter(|(_, v)| v.connected()).map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default()
     }
 }
 
