@@ -93,7 +93,7 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
     let homes = registry.homes();
     let registry = registry.start();
     let auth = Authenticator::new(db.clone(), config.api.clock_skew_s);
-    let supervisor = Supervisor::new(registry.clone(), agents, db, directory.clone(), settings);
+    let supervisor = Supervisor::new(registry.clone(), agents, homes.clone(), db, directory.clone(), settings);
     let state = AppState { supervisor: supervisor.clone(), metrics, metrics_token: config.metrics.token.clone(), auth };
 
     let addr = listener.local_addr()?;

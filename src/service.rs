@@ -74,11 +74,14 @@ pub struct AgentListing {
 
 /// Slack on top of the watcher timeouts for the hop through the actors.
 const ACTOR_SLACK: Duration = Duration::from_secs(2);
+/// How long the registry and each agent thread have to answer a health check (readiness, the systemd watchdog).
+const ACTORS_ANSWER_WITHIN: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct Supervisor {
     registry: Addr<RegistryActor>,
     agents: actors::AgentTable,
+    homes: actors::ActorHomes,
     db: Db,
     directory: WatcherDirectory,
     settings: actors::ActorSettings,
@@ -104,11 +107,12 @@ impl Supervisor {
     pub fn new(
         registry: Addr<RegistryActor>,
         agents: actors::AgentTable,
+        homes: actors::ActorHomes,
         db: Db,
         directory: WatcherDirectory,
         settings: actors::ActorSettings,
     ) -> Self {
-        Self { registry, agents, db, directory, settings }
+        Self { registry, agents, homes, db, directory, settings }
     }
 
     /// Checks the database (a query), etcd (the watched mirror, else a direct read) and the actor system.
@@ -122,16 +126,24 @@ impl Supervisor {
         } else {
             self.directory.etcd().get(crate::etcd::keys::WATCHER_TOKEN).await.err().map(|e| e.to_string())
         };
-        let actors = match self.registry.send(actors::Ping).timeout(Duration::from_secs(1)).await {
-            Ok(_) => None,
-            Err(e) => Some(format!("the registry actor did not answer: {e}")),
-        };
+        let actors = self.check_actors().await.err();
         Readiness { ready: database.is_none() && etcd.is_none() && actors.is_none(), database, etcd, actors }
     }
 
     /// Whether the actor system answers (the systemd watchdog's health check).
     pub async fn actors_alive(&self) -> bool {
-        self.registry.send(actors::Ping).timeout(Duration::from_secs(1)).await.is_ok()
+        self.check_actors().await.is_ok()
+    }
+
+    /// The registry answers, and every thread the agent actors live on runs its tasks, each within a second.
+    async fn check_actors(&self) -> Result<(), String> {
+        self.registry.send(actors::Ping).timeout(ACTORS_ANSWER_WITHIN).await.map_err(|e| format!("the registry actor did not answer: {e}"))?;
+        self.homes.check(ACTORS_ANSWER_WITHIN).await
+    }
+
+    /// The threads the agent actors live on.
+    pub fn homes(&self) -> &actors::ActorHomes {
+        &self.homes
     }
 
     pub fn registry(&self) -> &Addr<RegistryActor> {

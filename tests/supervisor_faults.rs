@@ -333,3 +333,29 @@ async fn agent_actors_live_on_the_http_workers_and_are_started_again_when_those_
     assert_eq!(again.send(GetWatcherStatus).await.unwrap().unwrap().data["call"], 4);
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 4);
 }
+
+#[actix_rt::test]
+async fn a_stuck_agent_thread_fails_readiness_and_the_watchdog_check_until_it_runs_again() {
+    let app = TestApp::spawn_with(|c| c.api.workers = 2).await;
+    let supervisor = app.running.supervisor.clone();
+    assert_eq!(supervisor.homes().len(), 2, "one agent thread per HTTP worker");
+    let ready = supervisor.readiness().await;
+    assert!(ready.ready && ready.actors.is_none(), "{ready:?}");
+    assert!(supervisor.actors_alive().await);
+
+    // Block one worker thread (as a handler that blocked would) for three seconds.
+    let stuck = supervisor.homes().handles()[1].clone();
+    assert!(stuck.spawn(async { std::thread::sleep(Duration::from_secs(3)) }));
+    actix_rt::time::sleep(Duration::from_millis(100)).await;
+    let ready = supervisor.readiness().await;
+    assert!(!ready.ready, "{ready:?}");
+    assert_eq!(ready.actors.as_deref(), Some("agent thread 1 did not run a task within 1000 ms"));
+    assert!(ready.database.is_none() && ready.etcd.is_none(), "{ready:?}");
+    assert!(!supervisor.actors_alive().await, "the watchdog check must fail while an agent thread is stuck");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !supervisor.actors_alive().await {
+        assert!(Instant::now() < deadline, "the agent thread did not recover");
+    }
+    assert!(supervisor.readiness().await.ready);
+}

@@ -70,6 +70,32 @@ impl ActorHomes {
         self.len() == 0
     }
 
+    /// The agent threads' arbiters, in the order they registered.
+    pub fn handles(&self) -> Vec<ArbiterHandle> {
+        self.0.lock().map(|h| h.iter().map(|(_, a)| a.clone()).collect()).unwrap_or_default()
+    }
+
+    /// Whether every agent thread runs its event loop: each is given an empty task, which must run `within`. A
+    /// thread that has ended is not counted (its actors are started again elsewhere); one that does not get to the
+    /// task is stuck, and so are the actors on it.
+    pub async fn check(&self, within: Duration) -> Result<(), String> {
+        let pending: Vec<_> = {
+            let homes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            homes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (_, handle))| {
+                    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                    handle.spawn(async move { drop(tx) }).then_some(async move { (i, actix_rt::time::timeout(within, rx).await.is_ok()) })
+                })
+                .collect()
+        };
+        match futures_util::future::join_all(pending).await.into_iter().find(|(_, answered)| !answered) {
+            Some((i, _)) => Err(format!("agent thread {i} did not run a task within {} ms", within.as_millis())),
+            None => Ok(()),
+        }
+    }
+
     /// Starts `id`'s actor on its home thread, forgetting homes whose thread has stopped; on the current thread
     /// when no home is left.
     fn start(&self, id: &AgentId, make: impl Fn() -> AgentActor + Send + Clone + 'static) -> Addr<AgentActor> {
