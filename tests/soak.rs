@@ -3,7 +3,8 @@
 //!
 //! It asserts that every answer is 2xx or an expected 409 (start of a running agent, stop of a stopped one), that
 //! no agent ever saw two commands at once, and that neither open file descriptors nor resident memory grow beyond a
-//! bound between the warmed-up start and the end.
+//! bound between the warmed-up start and the end. It runs two HTTP workers, so the agents' actors are spread over
+//! two threads and requests reach them from either.
 //!
 //! `SOAK_SECONDS` sets the duration (default 30, the normal suite); the long form is
 //! `SOAK_SECONDS=600 cargo nextest run --test soak`. `SOAK_RATE` sets requests per second (default 40).
@@ -82,8 +83,11 @@ async fn soak_mixed_status_and_commands_at_a_fixed_rate() {
         c.watcher.probe_interval_s = 1;
         c.watcher.queue_capacity = 16;
         c.watcher.command_timeout_ms = 5_000;
+        // Agents live on both worker threads, and requests land on either: half of them cross between threads.
+        c.api.workers = 2;
     })
     .await;
+    assert_eq!(app.running.supervisor.homes().len(), 2);
     app.sql("INSERT INTO scaling_groups (name) VALUES ('default') ON CONFLICT DO NOTHING").await;
     app.sql(&format!(
         "INSERT INTO agents (id, region, addr, version, architecture) \
