@@ -460,6 +460,24 @@ async fn run(db_url: String) -> Vec<Row> {
             ),
             "—",
         );
+        // What the CPU figures allow a proxy that asks the watcher for every answer, if its side of each watcher call
+        // cost nothing: wrk's share, the daemon's signed-request floor (`whoami`) and the watcher's share per request.
+        let cpu = |r: &WrkResult, i: usize| r.cpu_us.get(i).copied().unwrap_or(f64::NAN);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let floor_us = cpu(&proxied, 2) + cpu(&whoami, 0) + cpu(&proxied, 1);
+        let ceiling = cores * 1e6 / floor_us;
+        row(
+            &mut rows,
+            "CPU-bound ceiling if the daemon's side of watcher calls were free",
+            format!(
+                "{ceiling:.0} req/s ({:.0} % of direct): {cores:.0} cores ÷ {floor_us:.1} µs (wrk {:.1} + signed floor {:.1} + watcher {:.1})",
+                100.0 * ceiling / direct.rps,
+                cpu(&proxied, 2),
+                cpu(&whoami, 0),
+                cpu(&proxied, 1)
+            ),
+            "—",
+        );
         drop(daemon);
         drop(watcher);
     }
