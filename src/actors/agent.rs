@@ -436,12 +436,11 @@ async fn execute(
         }
     };
     tracing::info!(outcome = label, http_status = status, elapsed_ms, "command finished");
-    let finished_at = Utc::now();
-    let finished = async { queries::finish_event(&mut *deps.db.conn().await?, event_id, label, Some(status as i16), &detail, finished_at).await }.await;
-    if let Err(e) = finished {
+    let finished = Finished { event_id, label, status, detail, at: Utc::now() };
+    if let Err(e) = finished.record(&deps.db).await {
         // The command ran; its row must not stay `running` (it would read as interrupted after a restart).
         tracing::warn!(event_id, error = %e, "could not record the command's outcome; retrying in the background");
-        actix::spawn(record_outcome_later(deps.db.clone(), event_id, label, status, detail.clone(), finished_at));
+        actix::spawn(record_outcome_later(deps.db.clone(), finished));
     }
     let outcome = outcome_of(Some(event_id), wc, &requester, label, status, started);
     let result = result
@@ -450,15 +449,30 @@ async fn execute(
     (result, observation, outcome)
 }
 
+/// A finished command's outcome, as its audit row records it.
+struct Finished {
+    event_id: i64,
+    label: &'static str,
+    status: u16,
+    detail: Value,
+    at: DateTime<Utc>,
+}
+
+impl Finished {
+    async fn record(&self, db: &crate::db::Db) -> Result<(), crate::db::DbError> {
+        queries::finish_event(&mut *db.conn().await?, self.event_id, self.label, Some(self.status as i16), &self.detail, self.at).await
+    }
+}
+
 /// Retries writing a command's outcome while the database is unavailable, every [`OUTCOME_RETRY_EVERY`] for up to
 /// [`OUTCOME_RETRY_FOR`]; after that the row is left to be marked `interrupted` at the next start.
-async fn record_outcome_later(db: crate::db::Db, event_id: i64, label: &'static str, status: u16, detail: Value, finished_at: DateTime<Utc>) {
+async fn record_outcome_later(db: crate::db::Db, finished: Finished) {
+    let Finished { event_id, label, .. } = finished;
     let deadline = Instant::now() + OUTCOME_RETRY_FOR;
     while Instant::now() < deadline {
         actix_rt::time::sleep(OUTCOME_RETRY_EVERY).await;
-        let done = async { queries::finish_event(&mut *db.conn().await?, event_id, label, Some(status as i16), &detail, finished_at).await }.await;
-        match done {
-            Ok(_) => {
+        match finished.record(&db).await {
+            Ok(()) => {
                 tracing::info!(event_id, outcome = label, "recorded the command's outcome after the database returned");
                 return;
             }
