@@ -99,9 +99,10 @@ impl ActorHomes {
     /// Starts `id`'s actor on its home thread, forgetting homes whose thread has stopped; on the current thread
     /// when no home is left.
     fn start(&self, id: &AgentId, make: impl Fn() -> AgentActor + Send + Clone + 'static) -> Addr<AgentActor> {
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(id.as_str());
         let mut homes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         while !homes.is_empty() {
-            let at = (BuildHasherDefault::<DefaultHasher>::default().hash_one(id.as_str()) % homes.len() as u64) as usize;
+            let at = (hash % homes.len() as u64) as usize;
             let make = make.clone();
             let addr = AgentActor::start_in_arbiter(&homes[at].1, move |_| make());
             // A stopped arbiter drops the start-up closure, and with it the actor's mailbox.
