@@ -219,13 +219,14 @@ fn children_cpu_us() -> f64 {
     us(ru.ru_utime) + us(ru.ru_stime)
 }
 
-/// User plus system CPU time of a process so far, in µs (`/proc/PID/stat`, clock ticks of 1/100 s).
+/// User plus system CPU time of a process so far, in µs (`/proc/PID/stat`, in clock ticks of `_SC_CLK_TCK`).
 fn cpu_us(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the parenthesised command name: state is field 3, utime 14 and stime 15.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf only reads a configuration value.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     (ticks(14) + ticks(15)) * 1e6 / hz
 }
@@ -447,7 +448,8 @@ async fn run(db_url: String) -> Vec<Row> {
         row(&mut rows, "status requests answered per watcher call (shared calls in flight)", format!("{:.2} ({answered:.0} requests, {calls:.0} calls, {slow_calls:.0} of them over 100 ms)", answered / calls.max(1.0)), "—");
         row(&mut rows, "daemon alone: `GET /healthz` (unsigned)", format!("{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms", healthz.rps, healthz.p50_ms, healthz.p99_ms), "—");
         row(&mut rows, "daemon alone: `GET /v1/whoami` (signed)", format!("{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms", whoami.rps, whoami.p50_ms, whoami.p99_ms), "—");
-        let us = |r: &WrkResult, i: usize| r.cpu_us.get(i).map_or("—".to_string(), |v| format!("{v:.1}"));
+        let cpu = |r: &WrkResult, i: usize| r.cpu_us.get(i).copied().unwrap_or(f64::NAN);
+        let us = |r: &WrkResult, i: usize| if cpu(r, i).is_nan() { "—".to_string() } else { format!("{:.1}", cpu(r, i)) };
         row(
             &mut rows,
             "CPU per request, µs (daemon / watcher / wrk)",
@@ -462,7 +464,6 @@ async fn run(db_url: String) -> Vec<Row> {
         );
         // What the CPU figures allow a proxy that asks the watcher for every answer, if its side of each watcher call
         // cost nothing: wrk's share, the daemon's signed-request floor (`whoami`) and the watcher's share per request.
-        let cpu = |r: &WrkResult, i: usize| r.cpu_us.get(i).copied().unwrap_or(f64::NAN);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let floor_us = cpu(&proxied, 2) + cpu(&whoami, 0) + cpu(&proxied, 1);
         let ceiling = cores * 1e6 / floor_us;
