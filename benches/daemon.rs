@@ -108,7 +108,9 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn bin_dir() -> PathBuf {
-    std::env::var("BENCH_BIN_DIR").map(PathBuf::from).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release"))
+    std::env::var("BENCH_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release"))
 }
 
 /// A process killed (SIGTERM, then SIGKILL) when dropped.
@@ -162,13 +164,22 @@ fn start_daemon(s: &Setup, name: &str) -> Proc {
         .spawn()
         .expect("run target/release/agent-supervisor (bench/daemon.sh builds it)");
     let p = Proc { child, port };
-    assert!(wait_until(Duration::from_secs(60), || http_status(port, "/healthz", &[]) == 200), "daemon {name} did not start");
+    assert!(
+        wait_until(Duration::from_secs(60), || http_status(port, "/healthz", &[]) == 200),
+        "daemon {name} did not start"
+    );
     p
 }
 
 fn signed_headers(s: &Setup, port: u16, method: &str, path: &str) -> signing::SignedHeaders {
     let host = format!("127.0.0.1:{port}");
-    let out = signing::OutgoingRequest { method, rel_url: path, host: &host, content_type: SIGNED_CONTENT_TYPE, api_version: COMPAT_API_VERSION };
+    let out = signing::OutgoingRequest {
+        method,
+        rel_url: path,
+        host: &host,
+        content_type: SIGNED_CONTENT_TYPE,
+        api_version: COMPAT_API_VERSION,
+    };
     signing::sign_request(&s.creds.0, &s.creds.1, &out, chrono::Utc::now())
 }
 
@@ -245,7 +256,13 @@ fn duration_ms(s: &str) -> f64 {
     num.parse::<f64>().unwrap_or(f64::NAN) * factor
 }
 
-fn run_wrk(label: &str, url: &str, headers: &[(&str, &str)], script_env: Option<&[(&str, String)]>, watch: &[u32]) -> WrkResult {
+fn run_wrk(
+    label: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    script_env: Option<&[(&str, String)]>,
+    watch: &[u32],
+) -> WrkResult {
     // BENCH_WRK_CPUS pins wrk (taskset -c), so that it does not share cores with what it measures.
     let mut cmd = match std::env::var("BENCH_WRK_CPUS") {
         Ok(cpus) => {
@@ -255,7 +272,15 @@ fn run_wrk(label: &str, url: &str, headers: &[(&str, &str)], script_env: Option<
         }
         Err(_) => Command::new("wrk"),
     };
-    cmd.args(["-t", &env_or("WRK_THREADS", "2"), "-c", &env_or("WRK_CONNECTIONS", "8"), "-d", &env_or("WRK_DURATION", "10s"), "--latency"]);
+    cmd.args([
+        "-t",
+        &env_or("WRK_THREADS", "2"),
+        "-c",
+        &env_or("WRK_CONNECTIONS", "8"),
+        "-d",
+        &env_or("WRK_DURATION", "10s"),
+        "--latency",
+    ]);
     for (k, v) in headers {
         cmd.args(["-H", &format!("{k}: {v}")]);
     }
@@ -355,7 +380,13 @@ async fn run(db_url: String) -> Vec<Row> {
     let command_ms = env_usize("BENCH_COMMAND_MS", 50) as u64;
     let mut rows = Vec::new();
 
-    let db = Db::new(&DatabaseConfig { url: Secret::new(db_url.clone()), max_connections: 4, connect_timeout_ms: 5_000, run_migrations: false }).unwrap();
+    let db = Db::new(&DatabaseConfig {
+        url: Secret::new(db_url.clone()),
+        max_connections: 4,
+        connect_timeout_ms: 5_000,
+        run_migrations: false,
+    })
+    .unwrap();
     let key = generate_keypair();
     let row_ = KeypairRow {
         access_key: key.access_key.clone(),
@@ -375,8 +406,16 @@ async fn run(db_url: String) -> Vec<Row> {
         ..Default::default()
     };
     let etcd = Etcd::connect(&etcd_cfg).await.unwrap();
-    let setup = Setup { db_url, etcd: etcd_cfg, creds: (key.access_key, key.secret_key.expose().to_owned()), logs: tempfile::tempdir().unwrap() };
-    let client = awc::Client::builder().connector(awc::Connector::new().limit(parallel.max(8) * 2)).timeout(Duration::from_secs(120)).finish();
+    let setup = Setup {
+        db_url,
+        etcd: etcd_cfg,
+        creds: (key.access_key, key.secret_key.expose().to_owned()),
+        logs: tempfile::tempdir().unwrap(),
+    };
+    let client = awc::Client::builder()
+        .connector(awc::Connector::new().limit(parallel.max(8) * 2))
+        .timeout(Duration::from_secs(120))
+        .finish();
     sql(&db, "INSERT INTO scaling_groups (name) VALUES ('default'), ('bench-1k')").await;
 
     // 1. Status proxy: the daemon in front of a real agent-watcher vs. the watcher directly, same wrk load.
@@ -384,7 +423,16 @@ async fn run(db_url: String) -> Vec<Row> {
         let port = free_port();
         let log = std::fs::File::create(setup.logs.path().join("watcher.log")).unwrap();
         let child = Command::new(bin_dir().join("agent-watcher"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--token", TOKEN, "--backend", "process", "--workers", "2"])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--token",
+                TOKEN,
+                "--backend",
+                "process",
+                "--workers",
+                "2",
+            ])
             .arg("--log-file")
             .arg(setup.logs.path().join("agent.log"))
             .args(["--", "sleep", "100000"])
@@ -394,7 +442,11 @@ async fn run(db_url: String) -> Vec<Row> {
             .spawn()
             .expect("run target/release/agent-watcher");
         let watcher = Proc { child, port };
-        assert!(wait_until(Duration::from_secs(10), || http_status(port, "/", &[("X-BackendAI-Watcher-Token", TOKEN)]) == 200));
+        assert!(wait_until(Duration::from_secs(10), || http_status(
+            port,
+            "/",
+            &[("X-BackendAI-Watcher-Token", TOKEN)]
+        ) == 200));
         sql(&db, "INSERT INTO agents (id, region, addr, version, architecture) VALUES ('i-proxy', 'local', 'tcp://127.0.0.1:6001', 'v', 'x86_64')").await;
         etcd.put("nodes/agents/i-proxy/ip", "127.0.0.1").await.unwrap();
         etcd.put("nodes/agents/i-proxy/watcher_port", &port.to_string()).await.unwrap();
@@ -406,11 +458,22 @@ async fn run(db_url: String) -> Vec<Row> {
         let check = http_status(
             daemon.port,
             path,
-            &[("Date", &h.date), ("Authorization", &h.authorization), ("X-BackendAI-Version", COMPAT_API_VERSION), ("Content-Type", SIGNED_CONTENT_TYPE)],
+            &[
+                ("Date", &h.date),
+                ("Authorization", &h.authorization),
+                ("X-BackendAI-Version", COMPAT_API_VERSION),
+                ("Content-Type", SIGNED_CONTENT_TYPE),
+            ],
         );
         assert_eq!(check, 200, "the precomputed signed request is not accepted");
         let both = [daemon.pid(), watcher.pid()];
-        let direct = run_wrk("direct: GET / on agent-watcher", &format!("http://127.0.0.1:{port}/"), &[("X-BackendAI-Watcher-Token", TOKEN)], None, &[watcher.pid()]);
+        let direct = run_wrk(
+            "direct: GET / on agent-watcher",
+            &format!("http://127.0.0.1:{port}/"),
+            &[("X-BackendAI-Watcher-Token", TOKEN)],
+            None,
+            &[watcher.pid()],
+        );
         let profile = std::env::var("BENCH_PROFILE").ok().map(|out| {
             Command::new("perf")
                 .args(["record", "-g", "-o", &out, "-p", &daemon.pid().to_string()])
@@ -419,9 +482,17 @@ async fn run(db_url: String) -> Vec<Row> {
                 .spawn()
                 .expect("perf is required for BENCH_PROFILE (package linux-perf)")
         });
-        let (answered_before, calls_before) =
-            (counter(daemon.port, "http_requests_total", "status=\"200\""), counter(daemon.port, "watcher_calls_total", "kind=\"status\""));
-        let proxied = run_wrk("through the daemon: GET /resource/watcher", &format!("http://127.0.0.1:{}{path}", daemon.port), &[], Some(&vars), &both);
+        let (answered_before, calls_before) = (
+            counter(daemon.port, "http_requests_total", "status=\"200\""),
+            counter(daemon.port, "watcher_calls_total", "kind=\"status\""),
+        );
+        let proxied = run_wrk(
+            "through the daemon: GET /resource/watcher",
+            &format!("http://127.0.0.1:{}{path}", daemon.port),
+            &[],
+            Some(&vars),
+            &both,
+        );
         let answered = counter(daemon.port, "http_requests_total", "status=\"200\"") - answered_before;
         let calls = counter(daemon.port, "watcher_calls_total", "kind=\"status\"") - calls_before;
         // Slow watcher calls tell a stall at the watcher (or on the way to it) from one inside the daemon.
@@ -433,32 +504,86 @@ async fn run(db_url: String) -> Vec<Row> {
             let _ = perf.wait_with_output();
         }
         // Where the cost sits: the daemon's HTTP stack alone, and with signature verification.
-        let healthz = run_wrk("the daemon's HTTP stack: GET /healthz (unsigned)", &format!("http://127.0.0.1:{}/healthz", daemon.port), &[], None, &both);
+        let healthz = run_wrk(
+            "the daemon's HTTP stack: GET /healthz (unsigned)",
+            &format!("http://127.0.0.1:{}/healthz", daemon.port),
+            &[],
+            None,
+            &both,
+        );
         let whoami_vars = wrk_signed_env(&signed_headers(&setup, daemon.port, "GET", "/v1/whoami"));
-        let whoami = run_wrk("signature verification: GET /v1/whoami", &format!("http://127.0.0.1:{}/v1/whoami", daemon.port), &[], Some(&whoami_vars), &both);
-        assert_eq!((direct.non2xx, proxied.non2xx, healthz.non2xx, whoami.non2xx), (0, 0, 0, 0), "non-2xx answers under load");
-        row(&mut rows, "status direct (`GET /` on agent-watcher), wrk -c8 10 s", format!("{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms", direct.rps, direct.p50_ms, direct.p99_ms), "—");
-        row(&mut rows, "status via daemon (`GET /resource/watcher`, signed)", format!("{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms", proxied.rps, proxied.p50_ms, proxied.p99_ms), "—");
+        let whoami = run_wrk(
+            "signature verification: GET /v1/whoami",
+            &format!("http://127.0.0.1:{}/v1/whoami", daemon.port),
+            &[],
+            Some(&whoami_vars),
+            &both,
+        );
+        assert_eq!(
+            (direct.non2xx, proxied.non2xx, healthz.non2xx, whoami.non2xx),
+            (0, 0, 0, 0),
+            "non-2xx answers under load"
+        );
+        row(
+            &mut rows,
+            "status direct (`GET /` on agent-watcher), wrk -c8 10 s",
+            format!("{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms", direct.rps, direct.p50_ms, direct.p99_ms),
+            "—",
+        );
+        row(
+            &mut rows,
+            "status via daemon (`GET /resource/watcher`, signed)",
+            format!("{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms", proxied.rps, proxied.p50_ms, proxied.p99_ms),
+            "—",
+        );
         row(
             &mut rows,
             "daemon / direct",
-            format!("{:.0} % of throughput, +{:.2} ms at p50", 100.0 * proxied.rps / direct.rps, proxied.p50_ms - direct.p50_ms),
+            format!(
+                "{:.0} % of throughput, +{:.2} ms at p50",
+                100.0 * proxied.rps / direct.rps,
+                proxied.p50_ms - direct.p50_ms
+            ),
             "≥ 80 %, < +1 ms",
         );
-        row(&mut rows, "status requests answered per watcher call (shared calls in flight)", format!("{:.2} ({answered:.0} requests, {calls:.0} calls, {slow_calls:.0} of them over 100 ms)", answered / calls.max(1.0)), "—");
-        row(&mut rows, "daemon alone: `GET /healthz` (unsigned)", format!("{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms", healthz.rps, healthz.p50_ms, healthz.p99_ms), "—");
-        row(&mut rows, "daemon alone: `GET /v1/whoami` (signed)", format!("{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms", whoami.rps, whoami.p50_ms, whoami.p99_ms), "—");
+        row(
+            &mut rows,
+            "status requests answered per watcher call (shared calls in flight)",
+            format!(
+                "{:.2} ({answered:.0} requests, {calls:.0} calls, {slow_calls:.0} of them over 100 ms)",
+                answered / calls.max(1.0)
+            ),
+            "—",
+        );
+        row(
+            &mut rows,
+            "daemon alone: `GET /healthz` (unsigned)",
+            format!("{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms", healthz.rps, healthz.p50_ms, healthz.p99_ms),
+            "—",
+        );
+        row(
+            &mut rows,
+            "daemon alone: `GET /v1/whoami` (signed)",
+            format!("{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms", whoami.rps, whoami.p50_ms, whoami.p99_ms),
+            "—",
+        );
         let cpu = |r: &WrkResult, i: usize| r.cpu_us.get(i).copied().unwrap_or(f64::NAN);
-        let us = |r: &WrkResult, i: usize| if cpu(r, i).is_nan() { "—".to_string() } else { format!("{:.1}", cpu(r, i)) };
+        let us =
+            |r: &WrkResult, i: usize| if cpu(r, i).is_nan() { "—".to_string() } else { format!("{:.1}", cpu(r, i)) };
         row(
             &mut rows,
             "CPU per request, µs (daemon / watcher / wrk)",
             format!(
                 "direct — / {} / {}; via daemon {} / {} / {}; healthz {} / — / {}; whoami {} / — / {}",
-                us(&direct, 0), us(&direct, 1),
-                us(&proxied, 0), us(&proxied, 1), us(&proxied, 2),
-                us(&healthz, 0), us(&healthz, 2),
-                us(&whoami, 0), us(&whoami, 2),
+                us(&direct, 0),
+                us(&direct, 1),
+                us(&proxied, 0),
+                us(&proxied, 1),
+                us(&proxied, 2),
+                us(&healthz, 0),
+                us(&healthz, 2),
+                us(&whoami, 0),
+                us(&whoami, 2),
             ),
             "—",
         );
@@ -514,7 +639,10 @@ async fn run(db_url: String) -> Vec<Row> {
     .await;
     let populated = Instant::now();
     let puts = sims.ports().iter().enumerate().flat_map(|(i, p)| {
-        [(format!("nodes/agents/i-sim-{i}/ip"), "127.0.0.1".to_owned()), (format!("nodes/agents/i-sim-{i}/watcher_port"), p.to_string())]
+        [
+            (format!("nodes/agents/i-sim-{i}/ip"), "127.0.0.1".to_owned()),
+            (format!("nodes/agents/i-sim-{i}/watcher_port"), p.to_string()),
+        ]
     });
     let failed = futures_util::stream::iter(puts)
         .map(|(k, v)| {
@@ -532,7 +660,12 @@ async fn run(db_url: String) -> Vec<Row> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_full = rss_kib(daemon.pid());
     let per_agent = (rss_full as f64 - rss_empty as f64) / agents as f64;
-    row(&mut rows, format!("daemon VmRSS, 1 agent → {agents} agents"), format!("{:.1} MiB → {:.1} MiB", rss_empty as f64 / 1024.0, rss_full as f64 / 1024.0), "—");
+    row(
+        &mut rows,
+        format!("daemon VmRSS, 1 agent → {agents} agents"),
+        format!("{:.1} MiB → {:.1} MiB", rss_empty as f64 / 1024.0, rss_full as f64 / 1024.0),
+        "—",
+    );
     row(&mut rows, "memory per supervised agent", format!("{:.2} KiB", per_agent), "< 5 KiB");
 
     // 3. Listing and fan-out status.
@@ -540,12 +673,18 @@ async fn run(db_url: String) -> Vec<Row> {
     let (status, body) = call(&client, &setup, daemon.port, "GET", "/v1/agents").await;
     assert_eq!(status, 200);
     assert_eq!(body["agents"].as_array().map(Vec::len), Some(agents + 1));
-    row(&mut rows, format!("`GET /v1/agents`, {} agents, cached state", agents + 1), format!("{:.0} ms", started.elapsed().as_secs_f64() * 1000.0), "—");
+    row(
+        &mut rows,
+        format!("`GET /v1/agents`, {} agents, cached state", agents + 1),
+        format!("{:.0} ms", started.elapsed().as_secs_f64() * 1000.0),
+        "—",
+    );
     let mut fan = Vec::new();
     for run in 0..6 {
         let before = chrono::Utc::now();
         let started = Instant::now();
-        let (status, body) = call(&client, &setup, daemon.port, "GET", "/v1/agents?scaling_group=bench-1k&refresh=true").await;
+        let (status, body) =
+            call(&client, &setup, daemon.port, "GET", "/v1/agents?scaling_group=bench-1k&refresh=true").await;
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         assert_eq!(status, 200, "{body}");
         let listed = body["agents"].as_array().unwrap();
@@ -563,7 +702,11 @@ async fn run(db_url: String) -> Vec<Row> {
     row(
         &mut rows,
         format!("`GET /v1/agents?refresh=true`, {fanout} agents (concurrency 64)"),
-        format!("first {cold:.0} ms (new connections), then median {:.0} ms, max {:.0} ms", percentile(fan.clone(), 0.5), percentile(fan, 1.0)),
+        format!(
+            "first {cold:.0} ms (new connections), then median {:.0} ms, max {:.0} ms",
+            percentile(fan.clone(), 0.5),
+            percentile(fan, 1.0)
+        ),
         "< 1 s",
     );
 
@@ -594,7 +737,12 @@ async fn run(db_url: String) -> Vec<Row> {
     row(
         &mut rows,
         format!("restart {fanout} agents, {parallel} in flight (simulated restart {command_ms} ms)"),
-        format!("{:.2} s ({:.0} restarts/s; floor {:.2} s)", took.as_secs_f64(), fanout as f64 / took.as_secs_f64(), (fanout as f64 / parallel as f64) * command_ms as f64 / 1000.0),
+        format!(
+            "{:.2} s ({:.0} restarts/s; floor {:.2} s)",
+            took.as_secs_f64(),
+            fanout as f64 / took.as_secs_f64(),
+            (fanout as f64 / parallel as f64) * command_ms as f64 / 1000.0
+        ),
         "—",
     );
     // Serialisation under contention: every agent gets two restarts at once.
@@ -609,7 +757,12 @@ async fn run(db_url: String) -> Vec<Row> {
         format!("{:.2} s; overlapping commands at any watcher: 0", took.as_secs_f64()),
         "0 overlaps",
     );
-    row(&mut rows, "daemon VmRSS after the fan-outs and restarts", format!("{:.1} MiB", rss_kib(daemon.pid()) as f64 / 1024.0), "—");
+    row(
+        &mut rows,
+        "daemon VmRSS after the fan-outs and restarts",
+        format!("{:.1} MiB", rss_kib(daemon.pid()) as f64 / 1024.0),
+        "—",
+    );
 
     drop(daemon);
     drop(sims);

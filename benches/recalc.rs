@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use agent_supervisor::{
     config::{DatabaseConfig, Secret},
     db::{
-        Db, run_migrations,
+        Db,
         recalc::{RecalcOptions, recalculate_usage},
+        run_migrations,
     },
 };
 use bigdecimal::BigDecimal;
@@ -167,7 +168,8 @@ struct N {
 async fn bench_one(kernels: u64, runs: usize, keep: bool) -> Row {
     let shape = Shape::for_kernels(kernels);
     let name = format!("recalc_bench_{kernels}");
-    let mut admin = AsyncPgConnection::establish(&admin_url()).await.expect("PostgreSQL reachable at AS_TEST_DATABASE_URL");
+    let mut admin =
+        AsyncPgConnection::establish(&admin_url()).await.expect("PostgreSQL reachable at AS_TEST_DATABASE_URL");
     diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await.unwrap();
     diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
     let url = db_url(&name);
@@ -191,8 +193,13 @@ async fn bench_one(kernels: u64, runs: usize, keep: bool) -> Row {
     .unwrap()
     .n;
 
-    let db = Db::new(&DatabaseConfig { url: Secret::new(url.clone()), max_connections: 2, connect_timeout_ms: 10_000, run_migrations: false })
-        .unwrap();
+    let db = Db::new(&DatabaseConfig {
+        url: Secret::new(url.clone()),
+        max_connections: 2,
+        connect_timeout_ms: 10_000,
+        run_migrations: false,
+    })
+    .unwrap();
     let opts = RecalcOptions::default();
     let (mut a_ms, mut b_ms, mut groups, mut attempts_max) = (Vec::new(), Vec::new(), 0, 0);
     for round in 0..=runs {

@@ -10,8 +10,8 @@ use actix::Actor;
 use actix_web::{App, HttpServer, middleware, web};
 
 use crate::{
-    agent_rpc::AgentRpc,
     actors::{ActorSettings, Deps, LoadAgents, RegistryActor},
+    agent_rpc::AgentRpc,
     api::{self, AppState},
     auth::Authenticator,
     config::Config,
@@ -56,7 +56,8 @@ pub struct Handles {
 
 impl Running {
     pub fn split(self) -> (ServerTask, Handles) {
-        let handles = Handles { addr: self.addr, supervisor: self.supervisor, directory: self.directory, server: self.handle };
+        let handles =
+            Handles { addr: self.addr, supervisor: self.supervisor, directory: self.directory, server: self.handle };
         (self.server, handles)
     }
 }
@@ -87,7 +88,13 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
     let settings = ActorSettings::from(config);
     let rpc = AgentRpc::new(&config.agent_rpc)?;
     let metrics = Metrics::new().map_err(|e| StartError::Metrics(e.to_string()))?;
-    let deps = Deps { db: db.clone(), directory: directory.clone(), rpc, metrics: metrics.clone(), settings: settings.clone() };
+    let deps = Deps {
+        db: db.clone(),
+        directory: directory.clone(),
+        rpc,
+        metrics: metrics.clone(),
+        settings: settings.clone(),
+    };
     let registry = RegistryActor::new(deps);
     let agents = registry.table();
     let homes = registry.homes();
@@ -138,7 +145,11 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
         actix_rt::time::sleep(Duration::from_millis(5)).await;
     }
     if homes.len() < workers {
-        tracing::warn!(started = homes.len(), workers, "not every HTTP worker started in time; agent actors use the ones that did");
+        tracing::warn!(
+            started = homes.len(),
+            workers,
+            "not every HTTP worker started in time; agent actors use the ones that did"
+        );
     }
     match registry.send(LoadAgents).await {
         Ok(Ok(n)) => tracing::info!(agents = n, "agent actors started"),
@@ -189,4 +200,3 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         Ok(())
     })
 }
-

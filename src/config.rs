@@ -150,7 +150,13 @@ impl ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8091".to_owned(), max_body_bytes: 64 * 1024, clock_skew_s: 15 * 60, shutdown_timeout_s: 30, workers: 1 }
+        Self {
+            listen: "127.0.0.1:8091".to_owned(),
+            max_body_bytes: 64 * 1024,
+            clock_skew_s: 15 * 60,
+            shutdown_timeout_s: 30,
+            workers: 1,
+        }
     }
 }
 
@@ -241,8 +247,8 @@ impl Config {
         let (text, origin) = match path {
             Some(p) => {
                 let origin = p.display().to_string();
-                let text = std::fs::read_to_string(p)
-                    .map_err(|source| ConfigError::Read { path: origin.clone(), source })?;
+                let text =
+                    std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: origin.clone(), source })?;
                 (text, origin)
             }
             None => (String::new(), "<defaults>".to_owned()),
@@ -270,7 +276,10 @@ impl Config {
             return Err(ConfigError::invalid("database.url", "must start with postgres:// or postgresql://"));
         }
         if !(1..=1000).contains(&db.max_connections) {
-            return Err(ConfigError::invalid("database.max_connections", format!("must be 1..=1000, got {}", db.max_connections)));
+            return Err(ConfigError::invalid(
+                "database.max_connections",
+                format!("must be 1..=1000, got {}", db.max_connections),
+            ));
         }
         positive_ms("database.connect_timeout_ms", db.connect_timeout_ms)?;
 
@@ -279,7 +288,10 @@ impl Config {
         }
         for ep in &self.etcd.endpoints {
             if !(ep.starts_with("http://") || ep.starts_with("https://")) {
-                return Err(ConfigError::invalid("etcd.endpoints", format!("{ep:?} must start with http:// or https://")));
+                return Err(ConfigError::invalid(
+                    "etcd.endpoints",
+                    format!("{ep:?} must start with http:// or https://"),
+                ));
             }
         }
         let ns = &self.etcd.namespace;
@@ -296,7 +308,9 @@ impl Config {
             .parse::<SocketAddr>()
             .map_err(|e| ConfigError::invalid("api.listen", format!("{:?} is not HOST:PORT ({e})", self.api.listen)))?;
         if let Some(listen) = &self.metrics.listen {
-            listen.parse::<SocketAddr>().map_err(|e| ConfigError::invalid("metrics.listen", format!("{listen:?} is not HOST:PORT ({e})")))?;
+            listen
+                .parse::<SocketAddr>()
+                .map_err(|e| ConfigError::invalid("metrics.listen", format!("{listen:?} is not HOST:PORT ({e})")))?;
         }
         if self.metrics.token.as_ref().is_some_and(Secret::is_empty) {
             return Err(ConfigError::invalid("metrics.token", "must not be empty"));
@@ -310,7 +324,10 @@ impl Config {
 
         let w = &self.watcher;
         if w.token.as_ref().is_some_and(Secret::is_empty) {
-            return Err(ConfigError::invalid("watcher.token", "must not be empty (omit it to use etcd or \"insecure\")"));
+            return Err(ConfigError::invalid(
+                "watcher.token",
+                "must not be empty (omit it to use etcd or \"insecure\")",
+            ));
         }
         positive_ms("watcher.status_timeout_ms", w.status_timeout_ms)?;
         positive_ms("watcher.command_timeout_ms", w.command_timeout_ms)?;
@@ -318,10 +335,16 @@ impl Config {
             return Err(ConfigError::invalid("watcher.default_port", "must be 1..=65535"));
         }
         if !(1..=10_000).contains(&w.queue_capacity) {
-            return Err(ConfigError::invalid("watcher.queue_capacity", format!("must be 1..=10000, got {}", w.queue_capacity)));
+            return Err(ConfigError::invalid(
+                "watcher.queue_capacity",
+                format!("must be 1..=10000, got {}", w.queue_capacity),
+            ));
         }
         if !(1..=4096).contains(&w.refresh_concurrency) {
-            return Err(ConfigError::invalid("watcher.refresh_concurrency", format!("must be 1..=4096, got {}", w.refresh_concurrency)));
+            return Err(ConfigError::invalid(
+                "watcher.refresh_concurrency",
+                format!("must be 1..=4096, got {}", w.refresh_concurrency),
+            ));
         }
         positive_ms("agent_rpc.timeout_ms", self.agent_rpc.timeout_ms)?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
@@ -340,13 +363,14 @@ fn positive_ms(key: &str, value: u64) -> Result<(), ConfigError> {
 /// Overlays `AGENT_SUPERVISOR_*` variables on the parsed file. The default configuration tells each key's type, so
 /// `"5000"` becomes an integer for a numeric key and `"a,b"` a list for a list key.
 fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
-    let defaults = toml::Table::try_from(Config::default())
-        .map_err(|e| ConfigError::invalid("<defaults>", e.to_string()))?;
+    let defaults =
+        toml::Table::try_from(Config::default()).map_err(|e| ConfigError::invalid("<defaults>", e.to_string()))?;
     let sections: Vec<&String> = defaults.keys().collect();
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
         let rest = rest.to_ascii_lowercase();
-        let Some(section) = sections.iter().copied().filter(|s| rest.starts_with(&format!("{s}_"))).max_by_key(|s| s.len())
+        let Some(section) =
+            sections.iter().copied().filter(|s| rest.starts_with(&format!("{s}_"))).max_by_key(|s| s.len())
         else {
             return Err(ConfigError::invalid(name, "unknown configuration variable (no such section)"));
         };
@@ -369,7 +393,11 @@ fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<
                 _ => return Err(ConfigError::invalid(&dotted, format!("{name}={raw:?} is not a boolean"))),
             },
             Some(toml::Value::Array(_)) => toml::Value::Array(
-                raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.to_owned())).collect(),
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.to_owned()))
+                    .collect(),
             ),
             _ => toml::Value::String(raw.clone()),
         };
@@ -391,7 +419,15 @@ fn section_fields(section: &str) -> &'static [&'static str] {
         "etcd" => &["endpoints", "namespace", "user", "password", "timeout_ms"],
         "api" => &["listen", "max_body_bytes", "clock_skew_s", "shutdown_timeout_s", "workers"],
         "metrics" => &["listen", "token"],
-        "watcher" => &["token", "status_timeout_ms", "command_timeout_ms", "default_port", "probe_interval_s", "queue_capacity", "refresh_concurrency"],
+        "watcher" => &[
+            "token",
+            "status_timeout_ms",
+            "command_timeout_ms",
+            "default_port",
+            "probe_interval_s",
+            "queue_capacity",
+            "refresh_concurrency",
+        ],
         "agent_rpc" => &["timeout_ms", "manager_keypair"],
         "log" => &["format", "level"],
         _ => &[],
@@ -464,7 +500,10 @@ mod tests {
         assert!(err("", &[("AGENT_SUPERVISOR_WATCHER_DEFAULT_PORT", "http")]).starts_with("watcher.default_port:"));
         assert!(err("", &[("AGENT_SUPERVISOR_WATCHER_DEFAULT_PORT", "70000")]).starts_with("watcher.default_port:"));
         assert!(err("[watcher]\nrefresh_concurrency = 0\n", &[]).starts_with("watcher.refresh_concurrency:"));
-        assert!(err("", &[("AGENT_SUPERVISOR_WATCHER_REFRESH_CONCURRENCY", "5000")]).starts_with("watcher.refresh_concurrency:"));
+        assert!(
+            err("", &[("AGENT_SUPERVISOR_WATCHER_REFRESH_CONCURRENCY", "5000")])
+                .starts_with("watcher.refresh_concurrency:")
+        );
     }
 
     #[test]

@@ -11,7 +11,11 @@ use crate::{
         self, AgentActor, AgentSnapshot, GetAgent, GetSnapshot, GetWatcherStatus, ListAgentActors, RecalculateUsage,
         RegistryActor, SyncAgentRegistry, WatcherAgentRestart, WatcherAgentStart, WatcherAgentStop,
     },
-    db::{Db, models::{AgentEventRow, AgentRow}, queries},
+    db::{
+        Db,
+        models::{AgentEventRow, AgentRow},
+        queries,
+    },
     domain::AgentId,
     error::{ErrorCode, Problem},
     etcd::WatcherDirectory,
@@ -117,7 +121,13 @@ impl Supervisor {
 
     /// Checks the database (a query), etcd (the watched mirror, else a direct read) and the actor system.
     pub async fn readiness(&self) -> Readiness {
-        let database = match async { diesel_async::RunQueryDsl::execute(diesel::sql_query("SELECT 1"), &mut *self.db.conn().await?).await.map_err(crate::db::query_error) }.await {
+        let database = match async {
+            diesel_async::RunQueryDsl::execute(diesel::sql_query("SELECT 1"), &mut *self.db.conn().await?)
+                .await
+                .map_err(crate::db::query_error)
+        }
+        .await
+        {
             Ok(_) => None,
             Err(e) => Some(e.to_string()),
         };
@@ -137,7 +147,11 @@ impl Supervisor {
 
     /// The registry answers, and every thread the agent actors live on runs its tasks, each within a second.
     async fn check_actors(&self) -> Result<(), String> {
-        self.registry.send(actors::Ping).timeout(ACTORS_ANSWER_WITHIN).await.map_err(|e| format!("the registry actor did not answer: {e}"))?;
+        self.registry
+            .send(actors::Ping)
+            .timeout(ACTORS_ANSWER_WITHIN)
+            .await
+            .map_err(|e| format!("the registry actor did not answer: {e}"))?;
         self.homes.check(ACTORS_ANSWER_WITHIN).await
     }
 
@@ -172,17 +186,30 @@ impl Supervisor {
         one * (self.settings.queue_capacity as u32 + 1)
     }
 
-    pub async fn get_watcher_status(&self, action: GetWatcherStatusAction) -> Result<GetWatcherStatusActionResult, Problem> {
+    pub async fn get_watcher_status(
+        &self,
+        action: GetWatcherStatusAction,
+    ) -> Result<GetWatcherStatusActionResult, Problem> {
         let agent = self.agent(&action.agent_id).await?;
         agent.send(GetWatcherStatus).timeout(self.settings.status_timeout * 2 + ACTOR_SLACK).await.map_err(mailbox)?
     }
 
-    pub async fn watcher_agent_start(&self, action: WatcherAgentStartAction) -> Result<WatcherCommandActionResult, Problem> {
+    pub async fn watcher_agent_start(
+        &self,
+        action: WatcherAgentStartAction,
+    ) -> Result<WatcherCommandActionResult, Problem> {
         let agent = self.agent(&action.agent_id).await?;
-        agent.send(WatcherAgentStart { requester: action.requester }).timeout(self.command_bound()).await.map_err(mailbox)?
+        agent
+            .send(WatcherAgentStart { requester: action.requester })
+            .timeout(self.command_bound())
+            .await
+            .map_err(mailbox)?
     }
 
-    pub async fn watcher_agent_stop(&self, action: WatcherAgentStopAction) -> Result<WatcherCommandActionResult, Problem> {
+    pub async fn watcher_agent_stop(
+        &self,
+        action: WatcherAgentStopAction,
+    ) -> Result<WatcherCommandActionResult, Problem> {
         let agent = self.agent(&action.agent_id).await?;
         agent
             .send(WatcherAgentStop { force: action.force, requester: action.requester })
@@ -191,12 +218,22 @@ impl Supervisor {
             .map_err(mailbox)?
     }
 
-    pub async fn watcher_agent_restart(&self, action: WatcherAgentRestartAction) -> Result<WatcherCommandActionResult, Problem> {
+    pub async fn watcher_agent_restart(
+        &self,
+        action: WatcherAgentRestartAction,
+    ) -> Result<WatcherCommandActionResult, Problem> {
         let agent = self.agent(&action.agent_id).await?;
-        agent.send(WatcherAgentRestart { requester: action.requester }).timeout(self.command_bound()).await.map_err(mailbox)?
+        agent
+            .send(WatcherAgentRestart { requester: action.requester })
+            .timeout(self.command_bound())
+            .await
+            .map_err(mailbox)?
     }
 
-    pub async fn sync_agent_registry(&self, action: SyncAgentRegistryAction) -> Result<SyncAgentRegistryActionResult, Problem> {
+    pub async fn sync_agent_registry(
+        &self,
+        action: SyncAgentRegistryAction,
+    ) -> Result<SyncAgentRegistryActionResult, Problem> {
         let bound = self.settings.rpc_timeout * 2 + ACTOR_SLACK * 2;
         self.registry
             .send(SyncAgentRegistry { agent_id: action.agent_id, requester: action.requester })
@@ -206,7 +243,10 @@ impl Supervisor {
     }
 
     /// Waits for the run that answers (see `actors::recalc` for how requests coalesce).
-    pub async fn recalculate_usage(&self, action: RecalculateUsageAction) -> Result<RecalculateUsageActionResult, Problem> {
+    pub async fn recalculate_usage(
+        &self,
+        action: RecalculateUsageAction,
+    ) -> Result<RecalculateUsageActionResult, Problem> {
         self.registry.send(RecalculateUsage { requester: action.requester }).await.map_err(mailbox)?
     }
 
@@ -262,7 +302,8 @@ impl Supervisor {
     pub async fn agent_events(&self, agent_id: &AgentId, limit: i64) -> Result<Vec<AgentEventRow>, Problem> {
         let mut conn = self.db.conn().await?;
         if queries::find_agent(&mut conn, agent_id.as_str()).await?.is_none() {
-            return Err(Problem::new(ErrorCode::AgentNotFound, format!("agent {agent_id} does not exist")).for_agent(agent_id.as_str()));
+            return Err(Problem::new(ErrorCode::AgentNotFound, format!("agent {agent_id} does not exist"))
+                .for_agent(agent_id.as_str()));
         }
         Ok(queries::list_events(&mut conn, agent_id.as_str(), limit).await?)
     }

@@ -38,8 +38,14 @@ const FAILURE_BODY: &str = concat!(
 
 fn kernels() -> Vec<(Uuid, Uuid)> {
     vec![
-        (Uuid::parse_str("11111111-1111-1111-1111-111111111111").unwrap(), Uuid::parse_str("aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa").unwrap()),
-        (Uuid::parse_str("22222222-2222-2222-2222-222222222222").unwrap(), Uuid::parse_str("bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb").unwrap()),
+        (
+            Uuid::parse_str("11111111-1111-1111-1111-111111111111").unwrap(),
+            Uuid::parse_str("aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa").unwrap(),
+        ),
+        (
+            Uuid::parse_str("22222222-2222-2222-2222-222222222222").unwrap(),
+            Uuid::parse_str("bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb").unwrap(),
+        ),
     ]
 }
 
@@ -72,7 +78,13 @@ fn the_captured_request_decodes_on_the_server_side() {
     let header = codec::decode_header(&header).unwrap();
     assert_eq!(
         header,
-        Header { msgtype: MsgType::Function, meth: "sync_kernel_registry".into(), okey: OrderKey::Str(String::new()), seq: 0, zip: false }
+        Header {
+            msgtype: MsgType::Function,
+            meth: "sync_kernel_registry".into(),
+            okey: OrderKey::Str(String::new()),
+            seq: 0,
+            zip: false
+        }
     );
     let req = codec::decode_request(header, &body).unwrap();
     assert_eq!(req.args.len(), 1);
@@ -136,9 +148,13 @@ fn our_failure_encoding_equals_python_msgpack() {
 
 #[test]
 fn cancelled_and_malformed_replies_are_told_apart() {
-    let cancelled = codec::encode_header(MsgType::Cancelled, "sync_kernel_registry", &OrderKey::Str(String::new()), 3).unwrap();
+    let cancelled =
+        codec::encode_header(MsgType::Cancelled, "sync_kernel_registry", &OrderKey::Str(String::new()), 3).unwrap();
     let header = codec::decode_header(&cancelled).unwrap();
-    assert_eq!(codec::decode_reply(&header, &hex::decode("82a46d657461c400a4626f6479c0").unwrap()).unwrap(), Reply::Cancelled);
+    assert_eq!(
+        codec::decode_reply(&header, &hex::decode("82a46d657461c400a4626f6479c0").unwrap()).unwrap(),
+        Reply::Cancelled
+    );
     // A RESULT whose body is a str instead of bin is not Callosum.
     let result = codec::decode_header(&hex::decode(RESULT_HEADER).unwrap()).unwrap();
     assert!(codec::decode_reply(&result, &hex::decode("82a46d657461c40190a4626f6479a0").unwrap()).is_err());

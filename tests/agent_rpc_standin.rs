@@ -69,7 +69,10 @@ async fn sync_reports_unknown_kernels_and_destroys_unlisted_ones() {
     assert_eq!(calls.len(), 1);
     let call = &calls[0];
     assert_eq!(call.agent_id.as_deref(), Some(AGENT));
-    assert_eq!(call.kernels, vec![(kept.0.to_string(), kept.1.to_string()), (unknown.0.to_string(), unknown.1.to_string())]);
+    assert_eq!(
+        call.kernels,
+        vec![(kept.0.to_string(), kept.1.to_string()), (unknown.0.to_string(), unknown.1.to_string())]
+    );
     assert_eq!(call.already_terminated, vec![unknown]);
     assert_eq!(call.destroyed, vec![unlisted]);
     assert_eq!(call.failure, None);
@@ -123,7 +126,10 @@ async fn a_slow_agent_times_out_and_the_next_call_on_the_same_client_succeeds() 
     let e = client.sync_kernel_registry(agent.addr(), None, &[pair()], AGENT).await.unwrap_err();
     let elapsed = started.elapsed();
     assert!(matches!(e, RpcError::Timeout(d) if d == Duration::from_millis(TIMEOUT_MS)), "{e:?}");
-    assert!(elapsed >= Duration::from_millis(TIMEOUT_MS) && elapsed < Duration::from_millis(TIMEOUT_MS + 1000), "{elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(TIMEOUT_MS) && elapsed < Duration::from_millis(TIMEOUT_MS + 1000),
+        "{elapsed:?}"
+    );
     assert_eq!(Problem::from(e).status(), 504);
 
     agent.set_delay(Duration::ZERO);
@@ -148,7 +154,9 @@ async fn concurrent_calls_on_one_connection_each_get_their_own_reply() {
     });
     for (i, result) in futures_util::future::join_all(calls).await {
         match result {
-            Err(RpcError::Failure { repr, .. }) if i % 3 == 0 => assert!(repr.contains(&format!("i-wrong-{i}")), "{repr}"),
+            Err(RpcError::Failure { repr, .. }) if i % 3 == 0 => {
+                assert!(repr.contains(&format!("i-wrong-{i}")), "{repr}")
+            }
             Ok(()) if i % 3 != 0 => {}
             other => panic!("call {i}: unexpected {other:?}"),
         }
@@ -242,7 +250,8 @@ async fn curve_with_a_client_key_the_agent_does_not_admit_is_unavailable_within_
     let intruder = dir.path().join("intruder.key_secret");
     std::fs::write(&intruder, CurveKeyPair::generate().unwrap().to_secret_certificate()).unwrap();
     let started = Instant::now();
-    let result = rpc(Some(&intruder)).sync_kernel_registry(c.agent.addr(), c.agent.public_key(), &[pair()], AGENT).await;
+    let result =
+        rpc(Some(&intruder)).sync_kernel_registry(c.agent.addr(), c.agent.public_key(), &[pair()], AGENT).await;
     assert_unavailable_within_bound(result, started);
     assert!(c.agent.calls().is_empty());
 }

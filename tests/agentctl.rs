@@ -223,7 +223,10 @@ async fn watcher_commands_print_each_outcome_and_ensure_turns_already_so_into_su
     let rows: Vec<&str> = run.stdout.lines().skip(1).collect();
     // Watcher state changes are audited too (`observe`); the latest command is the rejected start.
     let restart = rows.iter().find(|r| r.contains(" restart ")).unwrap_or_else(|| panic!("{run:?}"));
-    assert!(restart.contains(&app.admin.access_key) && restart.contains(" succeeded ") && restart.contains(" 200 "), "{run:?}");
+    assert!(
+        restart.contains(&app.admin.access_key) && restart.contains(" succeeded ") && restart.contains(" 200 "),
+        "{run:?}"
+    );
     assert!(restart.trim_end().ends_with("ms"), "{run:?}");
     assert!(rows.iter().any(|r| r.contains(" stop ") && r.contains(" rejected ") && r.contains(" 409 ")), "{run:?}");
     assert!(rows.iter().any(|r| r.contains(" observe ") && r.contains(" supervisor ")), "{run:?}");
@@ -246,7 +249,10 @@ async fn sync_and_recalculate_summarise_the_daemons_report() {
 
     let run = agentctl(&app, &["sync", "i-s"]).await;
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.starts_with("i-s: no kernels to sync (no RPC sent)\n  status ALIVE, scaling group default"), "{run:?}");
+    assert!(
+        run.stdout.starts_with("i-s: no kernels to sync (no RPC sent)\n  status ALIVE, scaling group default"),
+        "{run:?}"
+    );
     let run = agentctl(&app, &["sync", "--json", "i-s"]).await;
     let doc = run.json();
     assert_eq!((doc["agent"]["id"].as_str(), doc["rpc_sent"].as_bool()), (Some("i-s"), Some(false)));
@@ -304,7 +310,9 @@ async fn bulk_restart_runs_over_a_scaling_group_and_fails_when_one_agent_fails()
     assert_eq!(run.code, 0, "{run:?}");
     let doc = run.json();
     assert_eq!((doc["succeeded"].as_u64(), doc["failed"].as_u64()), (Some(3), Some(0)));
-    assert!(doc["results"].as_array().unwrap().iter().all(|r| r["outcome"] == "already stopped" && r["http_status"] == 409));
+    assert!(
+        doc["results"].as_array().unwrap().iter().all(|r| r["outcome"] == "already stopped" && r["http_status"] == 409)
+    );
     assert_eq!(agentctl(&app, &["start", "--scaling-group", "gpu"]).await.code, 0);
 
     // One agent of the group has a watcher nobody answers for.
@@ -323,8 +331,12 @@ async fn bulk_restart_runs_over_a_scaling_group_and_fails_when_one_agent_fails()
     let run = agentctl(&app, &["restart", "--scaling-group", "gpu", "--rolling", "--json"]).await;
     assert_eq!(run.code, 1, "{run:?}");
     let doc = run.json();
-    let outcomes: Vec<(&str, &str)> =
-        doc["results"].as_array().unwrap().iter().map(|r| (r["agent_id"].as_str().unwrap(), r["outcome"].as_str().unwrap())).collect();
+    let outcomes: Vec<(&str, &str)> = doc["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["agent_id"].as_str().unwrap(), r["outcome"].as_str().unwrap()))
+        .collect();
     assert_eq!(outcomes, [("g-1", "restarted"), ("g-2", "restarted"), ("g-2b", "failed"), ("g-3", "not run")]);
     assert_eq!(doc["results"][2]["error_code"], "watcher_unreachable");
     let after: Vec<usize> = dirs.iter().map(starts).collect();
@@ -336,7 +348,10 @@ async fn credentials_are_checked_and_failures_are_clear() {
     let app = TestApp::spawn().await;
 
     let run = agentctl(&app, &["whoami"]).await;
-    assert_eq!((run.code, run.stdout.trim()), (0, format!("{} (superadmin) at {}", app.admin.access_key, app.url).as_str()));
+    assert_eq!(
+        (run.code, run.stdout.trim()),
+        (0, format!("{} (superadmin) at {}", app.admin.access_key, app.url).as_str())
+    );
 
     let wrong = Creds { access_key: app.admin.access_key.clone(), secret_key: "not-the-secret".into() };
     let run = agentctl_env(env_for(&app, &wrong), &["agents"]).await;

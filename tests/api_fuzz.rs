@@ -9,7 +9,10 @@ mod common;
 #[path = "fuzz/venv.rs"]
 mod venv;
 
-use std::{path::Path, time::{Duration, Instant}};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use agent_supervisor::{api::COMPAT_API_VERSION, auth::signing};
 use common::{
@@ -33,13 +36,32 @@ fn the_hooks_sign_like_the_daemon() {
     let date = "2026-11-27T12:18:37.025313+00:00";
     let host = "127.0.0.1:18091";
     let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
-    for (method, target, ctype) in [("POST", "/resource/recalculate-usage", "text/plain"), ("GET", "/v1/agents/i-1/events?limit=5", "application/json")] {
-        let input = signing::SigningInput { method, rel_url: target, date, host, content_type: ctype, api_version: COMPAT_API_VERSION };
+    for (method, target, ctype) in [
+        ("POST", "/resource/recalculate-usage", "text/plain"),
+        ("GET", "/v1/agents/i-1/events?limit=5", "application/json"),
+    ] {
+        let input = signing::SigningInput {
+            method,
+            rel_url: target,
+            date,
+            host,
+            content_type: ctype,
+            api_version: COMPAT_API_VERSION,
+        };
         let expected = signing::sign(secret, &input).unwrap();
         let out = std::process::Command::new(&python)
             .current_dir(hooks_dir())
             .env("PYTHONDONTWRITEBYTECODE", "1")
-            .args(["-c", "import sys, hooks; print(hooks.signature(*sys.argv[1:]))", secret, method, target, date, host, ctype])
+            .args([
+                "-c",
+                "import sys, hooks; print(hooks.signature(*sys.argv[1:]))",
+                secret,
+                method,
+                target,
+                date,
+                host,
+                ctype,
+            ])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -47,7 +69,14 @@ fn the_hooks_sign_like_the_daemon() {
     }
     let recorded = signing::sign(
         secret,
-        &signing::SigningInput { method: "POST", rel_url: "/resource/recalculate-usage", date, host, content_type: "text/plain", api_version: "v7.20230615" },
+        &signing::SigningInput {
+            method: "POST",
+            rel_url: "/resource/recalculate-usage",
+            date,
+            host,
+            content_type: "text/plain",
+            api_version: "v7.20230615",
+        },
     )
     .unwrap();
     assert_eq!(recorded, "697466c95cb976f318f8c9823607c5096e3d846c8276c2ba1174d2461927c87c");
@@ -83,7 +112,10 @@ async fn schemathesis_finds_no_server_error_and_no_drift() {
         .args(["-m", "schemathesis.cli", "run"])
         .arg(format!("{}/v1/openapi.json", app.url))
         .args(["--url", &app.url])
-        .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+        ])
         .args(["--max-examples", MAX_EXAMPLES])
         .args(["--phases", "examples,coverage,fuzzing"])
         .args(["--workers", "2"])
@@ -92,7 +124,10 @@ async fn schemathesis_finds_no_server_error_and_no_drift() {
         .args(["--suppress-health-check", "all"])
         .kill_on_drop(true)
         .output();
-    let out = tokio::time::timeout(RUN_BOUND, run).await.unwrap_or_else(|_| panic!("schemathesis ran longer than {RUN_BOUND:?}")).unwrap();
+    let out = tokio::time::timeout(RUN_BOUND, run)
+        .await
+        .unwrap_or_else(|_| panic!("schemathesis ran longer than {RUN_BOUND:?}"))
+        .unwrap();
     let report = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     eprintln!("schemathesis ran for {:.1} s", started.elapsed().as_secs_f64());
     let lines: Vec<&str> = report.lines().collect();

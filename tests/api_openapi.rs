@@ -109,7 +109,10 @@ async fn every_route_is_documented_and_every_documented_operation_is_routed() {
                 assert_ne!(status, 405, "{method} {path}: {body}");
                 assert_ne!(body["error_code"], "not_found", "{method} {path} fell through to the fallback: {body}");
                 let documented_statuses = doc["paths"][path][method]["responses"].as_object().unwrap();
-                assert!(documented_statuses.contains_key(&status.to_string()), "{method} {path} answered {status}, which is not documented: {body}");
+                assert!(
+                    documented_statuses.contains_key(&status.to_string()),
+                    "{method} {path} answered {status}, which is not documented: {body}"
+                );
             } else {
                 assert_eq!(status, 405, "{method} {path} is not documented but answered {status}: {body}");
                 assert_eq!(body["error_code"], "method_not_allowed");
@@ -123,7 +126,8 @@ async fn errors_are_documented_as_problem_documents_with_every_error_code() {
     let app = spawn().await;
     let doc = fetch(&app).await;
     let schemas = &doc["components"]["schemas"];
-    let codes: BTreeSet<&str> = schemas["ErrorCode"]["enum"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let codes: BTreeSet<&str> =
+        schemas["ErrorCode"]["enum"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     for code in ErrorCode::ALL {
         assert!(codes.contains(code.as_str()), "{} is missing from the ErrorCode schema", code.as_str());
     }
@@ -150,7 +154,10 @@ async fn errors_are_documented_as_problem_documents_with_every_error_code() {
                     None => response,
                 };
                 let schema = &response["content"]["application/problem+json"]["schema"];
-                assert_eq!(schema["$ref"], "#/components/schemas/ProblemDocument", "{method} {path} {status}: {response}");
+                assert_eq!(
+                    schema["$ref"], "#/components/schemas/ProblemDocument",
+                    "{method} {path} {status}: {response}"
+                );
             }
         }
     }

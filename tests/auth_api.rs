@@ -80,7 +80,11 @@ async fn malformed_or_incomplete_headers() {
     let mut req = app.signed("GET", path, "text/plain", &app.admin);
     req.headers_mut().remove("x-backendai-version");
     let (status, body) = send(req, None).await;
-    assert_eq!((status, body["error_code"].as_str(), body["field"].as_str()), (400, Some("invalid_request"), Some("X-BackendAI-Version")), "{body}");
+    assert_eq!(
+        (status, body["error_code"].as_str(), body["field"].as_str()),
+        (400, Some("invalid_request"), Some("X-BackendAI-Version")),
+        "{body}"
+    );
 
     // Missing Date: 401. (awc adds an HTTP-date when none is set, so these go out raw.)
     let signed = app.signed("GET", path, "text/plain", &app.admin);
@@ -103,7 +107,9 @@ async fn malformed_or_incomplete_headers() {
     assert_eq!(status, 200, "{body}");
 
     // Content-Type parameters and case do not matter; the mimetype does.
-    let req = app.signed("GET", path, "application/json", &app.admin).insert_header(("Content-Type", "Application/JSON; charset=utf-8"));
+    let req = app
+        .signed("GET", path, "application/json", &app.admin)
+        .insert_header(("Content-Type", "Application/JSON; charset=utf-8"));
     assert_eq!(send(req, None).await.0, 200);
     let req = app.signed("GET", path, "application/json", &app.admin).insert_header(("Content-Type", "text/plain"));
     assert_auth_failed_tuple(send(req, None).await, "Signature mismatch");
@@ -164,11 +170,14 @@ async fn tampered_requests_are_rejected() {
     assert_auth_failed_tuple(send(req, None).await, "Signature mismatch");
 
     // Another Host than the one signed.
-    let req = app.signed("GET", "/v1/whoami", "text/plain", creds).insert_header(("Host", format!("localhost:{}", app.running.addr.port())));
+    let req = app
+        .signed("GET", "/v1/whoami", "text/plain", creds)
+        .insert_header(("Host", format!("localhost:{}", app.running.addr.port())));
     assert_auth_failed_tuple(send(req, None).await, "Signature mismatch");
 
     // The right access key with a wrong secret.
-    let wrong = Creds { access_key: creds.access_key.clone(), secret_key: "not-the-secret-key-at-all-0000000000000".into() };
+    let wrong =
+        Creds { access_key: creds.access_key.clone(), secret_key: "not-the-secret-key-at-all-0000000000000".into() };
     assert_auth_failed_tuple(app.request("GET", "/v1/whoami", None, Some(&wrong)).await, "Signature mismatch");
 
     // Nothing was executed or audited.
@@ -179,18 +188,30 @@ async fn tampered_requests_are_rejected() {
 #[actix_rt::test]
 async fn dates_outside_the_allowed_skew_are_rejected() {
     let app = TestApp::spawn().await;
-    let at = |offset_s: i64| app.signed_at("GET", "/v1/whoami", "text/plain", &app.admin, Utc::now() + chrono::Duration::seconds(offset_s));
+    let at = |offset_s: i64| {
+        app.signed_at("GET", "/v1/whoami", "text/plain", &app.admin, Utc::now() + chrono::Duration::seconds(offset_s))
+    };
     assert_auth_failed_tuple(send(at(-16 * 60), None).await, "Date/time sync error");
     assert_auth_failed_tuple(send(at(16 * 60), None).await, "Date/time sync error");
     assert_auth_failed_tuple(send(at(-3 * 86_400), None).await, "Date/time sync error");
     assert_eq!(send(at(-14 * 60), None).await.0, 200, "within the default 900 s");
     assert_eq!(send(at(14 * 60), None).await.0, 200);
-    let req = app.signed("GET", "/v1/whoami", "text/plain", &app.admin).insert_header(("Date", "Fri, 27 Nov 2026 12:00:00 GMT"));
+    let req = app
+        .signed("GET", "/v1/whoami", "text/plain", &app.admin)
+        .insert_header(("Date", "Fri, 27 Nov 2026 12:00:00 GMT"));
     let (status, body) = send(req, None).await;
     assert_auth_failed(status, &body, "ISO-8601");
 
     let strict = TestApp::spawn_with(|c| c.api.clock_skew_s = 60).await;
-    let at = |offset_s: i64| strict.signed_at("GET", "/v1/whoami", "text/plain", &strict.admin, Utc::now() + chrono::Duration::seconds(offset_s));
+    let at = |offset_s: i64| {
+        strict.signed_at(
+            "GET",
+            "/v1/whoami",
+            "text/plain",
+            &strict.admin,
+            Utc::now() + chrono::Duration::seconds(offset_s),
+        )
+    };
     assert_auth_failed_tuple(send(at(-120), None).await, "Date/time sync error");
     assert_eq!(send(at(-30), None).await.0, 200);
 }
@@ -198,7 +219,10 @@ async fn dates_outside_the_allowed_skew_are_rejected() {
 #[actix_rt::test]
 async fn unknown_and_inactive_keys_are_rejected_alike() {
     let app = TestApp::spawn().await;
-    let unknown = Creds { access_key: "AKIANOSUCHKEY0000000".into(), secret_key: "whatever-secret-key-0000000000000000000".into() };
+    let unknown = Creds {
+        access_key: "AKIANOSUCHKEY0000000".into(),
+        secret_key: "whatever-secret-key-0000000000000000000".into(),
+    };
     assert_auth_failed_tuple(app.request("GET", "/v1/whoami", None, Some(&unknown)).await, "Access key not found");
 
     let inactive = app.add_keypair(true, false).await;
@@ -209,7 +233,10 @@ async fn unknown_and_inactive_keys_are_rejected_alike() {
     assert_eq!(app.request("GET", "/v1/whoami", None, Some(&user)).await.0, 200);
     app.sql(&format!("UPDATE keypairs SET is_active = false WHERE access_key = '{}'", user.access_key)).await;
     assert!(
-        common::eventually(Duration::from_secs(8), || async { app.request("GET", "/v1/whoami", None, Some(&user)).await.0 == 401 }).await,
+        common::eventually(Duration::from_secs(8), || async {
+            app.request("GET", "/v1/whoami", None, Some(&user)).await.0 == 401
+        })
+        .await,
         "a deactivated key kept working"
     );
 }
@@ -244,11 +271,15 @@ async fn non_superadmin_is_forbidden_on_admin_routes_but_authenticated_elsewhere
         assert!(body["title"].is_string() && body["msg"].as_str().unwrap().contains("superadmin"));
     }
     // Sync needs any active keypair (the agent has no kernels, so no RPC is sent).
-    let (status, body) = app.request("POST", "/session/_/sync-agent-registry", Some(json!({"agent": "i-u"})), Some(&user)).await;
+    let (status, body) =
+        app.request("POST", "/session/_/sync-agent-registry", Some(json!({"agent": "i-u"})), Some(&user)).await;
     assert_eq!((status, &body), (200, &json!({})));
     let (status, body) = app.request("POST", "/v1/agents/i-u/sync", None, Some(&user)).await;
     assert_eq!(status, 200, "{body}");
-    assert_auth_failed_tuple(app.request("POST", "/v1/agents/i-u/sync", None, None).await, "Authorization header required");
+    assert_auth_failed_tuple(
+        app.request("POST", "/v1/agents/i-u/sync", None, None).await,
+        "Authorization header required",
+    );
 
     // The forbidden commands were refused before anything ran: only the two syncs are audited, under the user's key.
     let (status, body) = app.get("/v1/agents/i-u/events").await;
@@ -284,7 +315,12 @@ async fn database_down_is_503_for_keys_not_verified_recently() {
     assert_eq!(app.get("/v1/whoami").await.0, 200, "a key verified moments ago keeps working");
 
     proxy.restore();
-    assert!(common::eventually(Duration::from_secs(10), || async { app.request("GET", "/v1/whoami", None, Some(&other)).await.0 == 200 }).await);
+    assert!(
+        common::eventually(Duration::from_secs(10), || async {
+            app.request("GET", "/v1/whoami", None, Some(&other)).await.0 == 200
+        })
+        .await
+    );
 }
 
 /// Collects everything the daemon logs.
@@ -322,7 +358,10 @@ async fn secrets_and_signatures_never_appear_in_logs_or_answers() {
     };
 
     // Good, wrong-secret, tampered and forbidden requests.
-    let wrong = Creds { access_key: app.admin.access_key.clone(), secret_key: "a-wrong-secret-key-000000000000000000000".into() };
+    let wrong = Creds {
+        access_key: app.admin.access_key.clone(),
+        secret_key: "a-wrong-secret-key-000000000000000000000".into(),
+    };
     let reqs = [
         app.signed("GET", "/v1/whoami", "text/plain", &app.admin),
         app.signed("GET", "/v1/whoami", "text/plain", &wrong),

@@ -26,14 +26,23 @@ fn stdout(o: &Output) -> String {
 async fn create_prints_the_keys_once_and_stores_the_row() {
     let db = common::TestDb::new().await;
 
-    let out = supervisor(&db.url, &["keypair", "create", "--superadmin", "--user-id", "ops@example.org", "--description", "bootstrap"]);
+    let out = supervisor(
+        &db.url,
+        &["keypair", "create", "--superadmin", "--user-id", "ops@example.org", "--description", "bootstrap"],
+    );
     assert!(out.status.success(), "{out:?}");
     let text = stdout(&out);
     let value = |name: &str| {
-        text.lines().find_map(|l| l.strip_prefix(&format!("export {name}="))).unwrap_or_else(|| panic!("no {name} in {text}")).to_owned()
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .to_owned()
     };
     let (ak, sk) = (value("BACKEND_ACCESS_KEY"), value("BACKEND_SECRET_KEY"));
-    assert!(ak.starts_with("AKIA") && ak.len() == 20 && ak.bytes().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()), "{ak}");
+    assert!(
+        ak.starts_with("AKIA") && ak.len() == 20 && ak.bytes().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()),
+        "{ak}"
+    );
     assert_eq!(sk.len(), 40);
     assert!(text.contains("shown only this once"), "{text}");
 
@@ -69,13 +78,17 @@ async fn create_prints_the_keys_once_and_stores_the_row() {
     assert!(!keypairs::find_keypair(&mut db.db.conn().await.unwrap(), ak2).await.unwrap().unwrap().is_active);
     let out = supervisor(&db.url, &["keypair", "deactivate", "AKIANOSUCHKEY0000000"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no keypair with access key AKIANOSUCHKEY0000000"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no keypair with access key AKIANOSUCHKEY0000000"),
+        "{out:?}"
+    );
 }
 
 #[test]
 fn create_fails_clearly_when_the_database_is_unreachable() {
     let port = common::procs::free_port();
-    let out = supervisor(&format!("postgres://postgres@127.0.0.1:{port}/nothing"), &["keypair", "create", "--superadmin"]);
+    let out =
+        supervisor(&format!("postgres://postgres@127.0.0.1:{port}/nothing"), &["keypair", "create", "--superadmin"]);
     assert!(!out.status.success());
     assert!(out.stdout.is_empty(), "no key is printed: {out:?}");
     let err = String::from_utf8_lossy(&out.stderr);

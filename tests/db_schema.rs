@@ -44,7 +44,8 @@ async fn migrations_apply_on_an_empty_database_and_are_reversible() {
 
     let applied = db::run_migrations(&db.url).await.unwrap();
     assert_eq!(applied.len(), 1);
-    let expected = ["agent_events", "agents", "kernels", "keypair_resource_usage", "keypairs", "scaling_groups", "sessions"];
+    let expected =
+        ["agent_events", "agents", "kernels", "keypair_resource_usage", "keypairs", "scaling_groups", "sessions"];
     assert_eq!(table_names(&db).await, expected);
     assert!(db::run_migrations(&db.url).await.unwrap().is_empty(), "second run applies nothing");
 
@@ -70,10 +71,12 @@ async fn every_table_round_trips_through_its_row_type() {
         scheduler: "fifo".into(),
     };
     diesel::insert_into(schema::scaling_groups::table).values(&sg).execute(&mut conn).await.unwrap();
-    let got: ScalingGroupRow = schema::scaling_groups::table.find("gpu").select(ScalingGroupRow::as_select()).first(&mut conn).await.unwrap();
+    let got: ScalingGroupRow =
+        schema::scaling_groups::table.find("gpu").select(ScalingGroupRow::as_select()).first(&mut conn).await.unwrap();
     assert_eq!(got, sg);
 
-    let slots = ResourceSlot::from_json_value(&json!({"cpu": "8", "mem": "34359738368", "cuda.shares": "0.5"})).unwrap();
+    let slots =
+        ResourceSlot::from_json_value(&json!({"cpu": "8", "mem": "34359738368", "cuda.shares": "0.5"})).unwrap();
     let agent = AgentRow {
         id: "i-node01".into(),
         status: AgentStatus::Lost,
@@ -94,7 +97,8 @@ async fn every_table_round_trips_through_its_row_type() {
         auto_terminate_abusing_kernel: true,
     };
     diesel::insert_into(schema::agents::table).values(&agent).execute(&mut conn).await.unwrap();
-    let got: AgentRow = schema::agents::table.find("i-node01").select(AgentRow::as_select()).first(&mut conn).await.unwrap();
+    let got: AgentRow =
+        schema::agents::table.find("i-node01").select(AgentRow::as_select()).first(&mut conn).await.unwrap();
     assert_eq!(got, agent);
 
     let session = SessionRow {
@@ -112,7 +116,8 @@ async fn every_table_round_trips_through_its_row_type() {
         terminated_at: None,
     };
     diesel::insert_into(schema::sessions::table).values(&session).execute(&mut conn).await.unwrap();
-    let got: SessionRow = schema::sessions::table.find(session.id).select(SessionRow::as_select()).first(&mut conn).await.unwrap();
+    let got: SessionRow =
+        schema::sessions::table.find(session.id).select(SessionRow::as_select()).first(&mut conn).await.unwrap();
     assert_eq!(got, session);
 
     let kernel = KernelRow {
@@ -136,7 +141,8 @@ async fn every_table_round_trips_through_its_row_type() {
         terminated_at: None,
     };
     diesel::insert_into(schema::kernels::table).values(&kernel).execute(&mut conn).await.unwrap();
-    let got: KernelRow = schema::kernels::table.find(kernel.id).select(KernelRow::as_select()).first(&mut conn).await.unwrap();
+    let got: KernelRow =
+        schema::kernels::table.find(kernel.id).select(KernelRow::as_select()).first(&mut conn).await.unwrap();
     assert_eq!(got, kernel);
 
     let kp = KeypairRow {
@@ -150,7 +156,8 @@ async fn every_table_round_trips_through_its_row_type() {
         last_used: None,
     };
     diesel::insert_into(schema::keypairs::table).values(&kp).execute(&mut conn).await.unwrap();
-    let got: KeypairRow = schema::keypairs::table.find(&kp.access_key).select(KeypairRow::as_select()).first(&mut conn).await.unwrap();
+    let got: KeypairRow =
+        schema::keypairs::table.find(&kp.access_key).select(KeypairRow::as_select()).first(&mut conn).await.unwrap();
     assert_eq!(got, kp);
     assert!(!format!("{got:?}").contains(&kp.secret_key), "Debug hides the secret key");
 
@@ -171,10 +178,31 @@ async fn every_table_round_trips_through_its_row_type() {
         .get_result(&mut conn)
         .await
         .unwrap();
-    let got: AgentEventRow = schema::agent_events::table.find(id).select(AgentEventRow::as_select()).first(&mut conn).await.unwrap();
+    let got: AgentEventRow =
+        schema::agent_events::table.find(id).select(AgentEventRow::as_select()).first(&mut conn).await.unwrap();
     assert_eq!(
-        (got.agent_id, got.action, got.requester, got.requested_at, got.started_at, got.finished_at, got.outcome, got.http_status, got.detail),
-        (ev.agent_id, ev.action, ev.requester, ev.requested_at, ev.started_at, ev.finished_at, ev.outcome, ev.http_status, ev.detail)
+        (
+            got.agent_id,
+            got.action,
+            got.requester,
+            got.requested_at,
+            got.started_at,
+            got.finished_at,
+            got.outcome,
+            got.http_status,
+            got.detail
+        ),
+        (
+            ev.agent_id,
+            ev.action,
+            ev.requester,
+            ev.requested_at,
+            ev.started_at,
+            ev.finished_at,
+            ev.outcome,
+            ev.http_status,
+            ev.detail
+        )
     );
 
     let usage = KeypairResourceUsageRow {
@@ -184,8 +212,12 @@ async fn every_table_round_trips_through_its_row_type() {
         updated_at: now(),
     };
     diesel::insert_into(schema::keypair_resource_usage::table).values(&usage).execute(&mut conn).await.unwrap();
-    let got: KeypairResourceUsageRow =
-        schema::keypair_resource_usage::table.find(&usage.access_key).select(KeypairResourceUsageRow::as_select()).first(&mut conn).await.unwrap();
+    let got: KeypairResourceUsageRow = schema::keypair_resource_usage::table
+        .find(&usage.access_key)
+        .select(KeypairResourceUsageRow::as_select())
+        .first(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(got, usage);
 }
 

@@ -84,7 +84,11 @@ impl Dev {
     }
 
     fn output(&self) -> String {
-        format!("stdout:\n{}\nstderr:\n{}", self.stdout.lock().unwrap().join("\n"), self.stderr.lock().unwrap().join("\n"))
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout.lock().unwrap().join("\n"),
+            self.stderr.lock().unwrap().join("\n")
+        )
     }
 
     /// Waits for the banner; returns all of stdout once it is complete.
@@ -94,7 +98,8 @@ impl Dev {
         loop {
             {
                 let out = self.stdout.lock().unwrap();
-                if out.iter().any(|l| l.contains(&needle)) && out.iter().any(|l| l.contains("Ctrl-C stops everything")) {
+                if out.iter().any(|l| l.contains(&needle)) && out.iter().any(|l| l.contains("Ctrl-C stops everything"))
+                {
                     return out.join("\n");
                 }
             }
@@ -134,7 +139,10 @@ impl Drop for Dev {
     /// A failed test still stops the stack it started.
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGINT);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
             if self.wait_exit(STOP_TIMEOUT).is_none() {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
@@ -249,7 +257,9 @@ fn dev_runs_a_working_cluster_stops_cleanly_on_ctrl_c_and_reuses_its_data_dir() 
     assert!(out.contains("agentctl watcher restart i-dev-1"), "{out}");
     assert!(out.contains("new data directory"), "{out}");
 
-    let unsigned = std::process::Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{}/v1/agents", ports.api)]).output();
+    let unsigned = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{}/v1/agents", ports.api)])
+        .output();
     if let Ok(o) = unsigned {
         assert_eq!(String::from_utf8_lossy(&o.stdout), "401", "the admin API refuses unsigned requests");
     }
@@ -288,7 +298,8 @@ fn a_port_in_use_is_named_with_its_flag_before_anything_starts() {
         }
         let started = Instant::now();
         let mut dev = Dev::start(dir.path(), ports);
-        let status = dev.wait_exit(Duration::from_secs(15)).unwrap_or_else(|| panic!("dev kept running\n{}", dev.output()));
+        let status =
+            dev.wait_exit(Duration::from_secs(15)).unwrap_or_else(|| panic!("dev kept running\n{}", dev.output()));
         assert!(!status.success(), "{}", dev.output());
         assert!(started.elapsed() < Duration::from_secs(15));
         // Give the reader threads a moment to take the last lines.

@@ -31,7 +31,10 @@ async fn resolves_addresses_under_the_namespace_with_the_default_port() {
     t.register("i-b", "10.0.0.7", None).await;
     let dir = directory(&t).await;
 
-    assert_eq!(dir.watcher_address(&id("i-a")).await.unwrap(), WatcherAddress { host: "127.0.0.1".into(), port: 16009 });
+    assert_eq!(
+        dir.watcher_address(&id("i-a")).await.unwrap(),
+        WatcherAddress { host: "127.0.0.1".into(), port: 16009 }
+    );
     let b = dir.watcher_address(&id("i-b")).await.unwrap();
     assert_eq!(b.port, 6099, "Backend.AI's manager falls back to 6099");
     assert_eq!(b.base_url(), "http://10.0.0.7:6099");
@@ -62,10 +65,18 @@ async fn bad_or_missing_values_are_clear_errors_naming_agent_and_key() {
 
     let err = dir.watcher_address(&id("i-badport")).await.unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("i-badport") && msg.contains(&format!("/sorna/{}/nodes/agents/i-badport/watcher_port", t.namespace)) && msg.contains("\"http\""), "{msg}");
+    assert!(
+        msg.contains("i-badport")
+            && msg.contains(&format!("/sorna/{}/nodes/agents/i-badport/watcher_port", t.namespace))
+            && msg.contains("\"http\""),
+        "{msg}"
+    );
 
     let err = dir.watcher_address(&id("i-noip")).await.unwrap_err();
-    assert_eq!(err, EtcdError::MissingKey { agent: "i-noip".into(), key: format!("/sorna/{}/nodes/agents/i-noip/ip", t.namespace) });
+    assert_eq!(
+        err,
+        EtcdError::MissingKey { agent: "i-noip".into(), key: format!("/sorna/{}/nodes/agents/i-noip/ip", t.namespace) }
+    );
     let problem = Problem::from(err);
     assert_eq!((problem.code.as_str(), problem.status()), ("watcher_not_registered", 502));
 
@@ -84,13 +95,26 @@ async fn cache_follows_key_changes_without_restart_and_without_round_trips() {
     let etcd = t.client().await;
     etcd.put("nodes/agents/i-move/watcher_port", "7002").await.unwrap();
     assert!(
-        eventually(Duration::from_secs(3), || async { dir.watcher_address(&id("i-move")).await.map(|a| a.port) == Ok(7002) }).await,
+        eventually(Duration::from_secs(3), || async {
+            dir.watcher_address(&id("i-move")).await.map(|a| a.port) == Ok(7002)
+        })
+        .await,
         "the new port was not picked up"
     );
     etcd.put("nodes/agents/i-move/ip", "127.0.0.9").await.unwrap();
     etcd.put("config/watcher/token", "tok-from-etcd").await.unwrap();
-    assert!(eventually(Duration::from_secs(3), || async { dir.watcher_address(&id("i-move")).await.map(|a| a.host).as_deref() == Ok("127.0.0.9") }).await);
-    assert!(eventually(Duration::from_secs(3), || async { dir.watcher_token().await.map(|s| s.expose() == "tok-from-etcd").unwrap_or(false) }).await);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            dir.watcher_address(&id("i-move")).await.map(|a| a.host).as_deref() == Ok("127.0.0.9")
+        })
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            dir.watcher_token().await.map(|s| s.expose() == "tok-from-etcd").unwrap_or(false)
+        })
+        .await
+    );
 
     let after = dir.stats();
     assert_eq!(after.misses, before.misses, "every lookup was served from the watched cache");
@@ -98,7 +122,12 @@ async fn cache_follows_key_changes_without_restart_and_without_round_trips() {
 
     etcd.delete("nodes/agents/i-move/ip").await.unwrap();
     etcd.delete("nodes/agents/i-move/watcher_port").await.unwrap();
-    assert!(eventually(Duration::from_secs(3), || async { matches!(dir.watcher_address(&id("i-move")).await, Err(EtcdError::MissingKey { .. })) }).await);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            matches!(dir.watcher_address(&id("i-move")).await, Err(EtcdError::MissingKey { .. }))
+        })
+        .await
+    );
 }
 
 #[tokio::test]
@@ -110,7 +139,12 @@ async fn watcher_token_prefers_etcd_then_config_then_insecure() {
     assert!(configured.wait_synced(Duration::from_secs(5)).await);
     assert_eq!(configured.watcher_token().await.unwrap().expose(), "from-config");
     t.client().await.put("config/watcher/token", "from-etcd").await.unwrap();
-    assert!(eventually(Duration::from_secs(3), || async { configured.watcher_token().await.map(|s| s.expose() == "from-etcd").unwrap_or(false) }).await);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            configured.watcher_token().await.map(|s| s.expose() == "from-etcd").unwrap_or(false)
+        })
+        .await
+    );
 }
 
 #[tokio::test]
@@ -135,7 +169,12 @@ async fn unreachable_etcd_is_reported_within_the_timeout() {
 #[tokio::test]
 async fn directory_reports_unavailable_while_etcd_is_stopped_and_recovers_after_restart() {
     let mut server = PrivateEtcd::start();
-    let cfg = EtcdConfig { endpoints: vec![server.endpoint()], namespace: "local".into(), timeout_ms: 500, ..Default::default() };
+    let cfg = EtcdConfig {
+        endpoints: vec![server.endpoint()],
+        namespace: "local".into(),
+        timeout_ms: 500,
+        ..Default::default()
+    };
     let etcd = Etcd::connect(&cfg).await.unwrap();
     etcd.put("nodes/agents/i-x/ip", "127.0.0.1").await.unwrap();
     let dir = WatcherDirectory::start(etcd.clone(), 6099, None);
@@ -143,7 +182,10 @@ async fn directory_reports_unavailable_while_etcd_is_stopped_and_recovers_after_
     assert_eq!(dir.watcher_address(&id("i-x")).await.unwrap().port, 6099);
 
     server.stop();
-    assert!(eventually(Duration::from_secs(5), || async { !dir.is_synced() }).await, "the broken watch was not noticed");
+    assert!(
+        eventually(Duration::from_secs(5), || async { !dir.is_synced() }).await,
+        "the broken watch was not noticed"
+    );
     let started = Instant::now();
     let err = dir.watcher_address(&id("i-x")).await.unwrap_err();
     assert!(matches!(err, EtcdError::Unavailable(_)), "{err}");
@@ -152,5 +194,10 @@ async fn directory_reports_unavailable_while_etcd_is_stopped_and_recovers_after_
     server.restart();
     assert!(dir.wait_synced(Duration::from_secs(15)).await, "directory did not resync after etcd came back");
     etcd.put("nodes/agents/i-x/watcher_port", "7777").await.unwrap();
-    assert!(eventually(Duration::from_secs(3), || async { dir.watcher_address(&id("i-x")).await.map(|a| a.port) == Ok(7777) }).await);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            dir.watcher_address(&id("i-x")).await.map(|a| a.port) == Ok(7777)
+        })
+        .await
+    );
 }

@@ -46,7 +46,13 @@ impl Daemon {
 
     async fn call(&self, creds: &Creds, method: &str, path: &str, timeout: Duration) -> Result<(u16, Value), String> {
         let host = format!("127.0.0.1:{}", self.port);
-        let out = signing::OutgoingRequest { method, rel_url: path, host: &host, content_type: "text/plain", api_version: COMPAT_API_VERSION };
+        let out = signing::OutgoingRequest {
+            method,
+            rel_url: path,
+            host: &host,
+            content_type: "text/plain",
+            api_version: COMPAT_API_VERSION,
+        };
         let h = signing::sign_request(&creds.access_key, &creds.secret_key, &out, chrono::Utc::now());
         let m = awc::http::Method::from_bytes(method.as_bytes()).unwrap();
         let mut resp = awc::Client::new()
@@ -77,7 +83,8 @@ impl Drop for Daemon {
 }
 
 async fn events(d: &Daemon, creds: &Creds, agent: &str) -> Vec<Value> {
-    let (status, body) = d.call(creds, "GET", &format!("/v1/agents/{agent}/events"), Duration::from_secs(10)).await.unwrap();
+    let (status, body) =
+        d.call(creds, "GET", &format!("/v1/agents/{agent}/events"), Duration::from_secs(10)).await.unwrap();
     assert_eq!(status, 200, "{body}");
     body["events"].as_array().cloned().unwrap_or_default()
 }
@@ -97,7 +104,10 @@ async fn daemon_killed_during_a_command_records_it_interrupted_and_the_next_comm
     let mut daemon = Daemon::start(&db, &etcd, port, dir.path(), 1);
     assert!(
         common::eventually(Duration::from_secs(10), || async {
-            matches!(daemon.call(&creds, "GET", "/resource/watcher?agent_id=i-crash", Duration::from_secs(5)).await, Ok((200, _)))
+            matches!(
+                daemon.call(&creds, "GET", "/resource/watcher?agent_id=i-crash", Duration::from_secs(5)).await,
+                Ok((200, _))
+            )
         })
         .await,
         "the daemon does not serve the agent:\n{}",
@@ -146,10 +156,15 @@ async fn daemon_killed_during_a_command_records_it_interrupted_and_the_next_comm
 
     // The watcher finished (or refuses nothing); the next command works and is audited normally.
     let started = Instant::now();
-    let (status, body) = daemon.call(&creds, "POST", "/v1/agents/i-crash/restart", Duration::from_secs(30)).await.unwrap();
+    let (status, body) =
+        daemon.call(&creds, "POST", "/v1/agents/i-crash/restart", Duration::from_secs(30)).await.unwrap();
     assert_eq!(status, 200, "{body}\n{}", daemon.log());
     assert!(started.elapsed() < Duration::from_secs(10));
     let ev = events(&daemon, &creds, "i-crash").await;
-    assert_eq!((ev[0]["outcome"].as_str(), ev[1]["outcome"].as_str()), (Some("succeeded"), Some("interrupted")), "{ev:?}");
+    assert_eq!(
+        (ev[0]["outcome"].as_str(), ev[1]["outcome"].as_str()),
+        (Some("succeeded"), Some("interrupted")),
+        "{ev:?}"
+    );
     assert!(w.wait_for_status("active", Duration::from_secs(5)));
 }

@@ -46,13 +46,20 @@ async fn etcd_stopped_mid_command_then_restarted_the_watch_resumes() {
     assert!(started.elapsed() < Duration::from_secs(3));
     let (_, events) = app.get("/v1/agents/i-etcd-mid/events").await;
     let events = events["events"].as_array().unwrap();
-    assert_eq!((events[0]["outcome"].as_str(), events[0]["http_status"].as_i64()), (Some("failed"), Some(503)), "{events:?}");
+    assert_eq!(
+        (events[0]["outcome"].as_str(), events[0]["http_status"].as_i64()),
+        (Some("failed"), Some(503)),
+        "{events:?}"
+    );
     assert_eq!(events[1]["outcome"], "succeeded");
 
     // etcd returns; the daemon re-syncs by itself and follows changes again through the watch: the node's watcher
     // moves to another port and the daemon finds it there.
     etcd.restart();
-    assert!(common::eventually(Duration::from_secs(15), || async { app.running.directory.is_synced() }).await, "no re-sync");
+    assert!(
+        common::eventually(Duration::from_secs(15), || async { app.running.directory.is_synced() }).await,
+        "no re-sync"
+    );
     let moved = running_watcher(TOKEN, &cmd, &[]);
     drop(w);
     app.register_watcher("i-etcd-mid", moved.port()).await;
@@ -141,7 +148,11 @@ async fn postgres_restarted_mid_command_the_outcome_is_recorded_and_the_next_com
     let (status, body) = app.post("/v1/agents/i-pg-restart/restart", None).await;
     assert_eq!(status, 200, "{body}");
     let (_, events) = app.get("/v1/agents/i-pg-restart/events").await;
-    assert_eq!((events["events"].as_array().map(Vec::len), events["events"][0]["outcome"].as_str()), (Some(3), Some("succeeded")), "{events}");
+    assert_eq!(
+        (events["events"].as_array().map(Vec::len), events["events"][0]["outcome"].as_str()),
+        (Some(3), Some("succeeded")),
+        "{events}"
+    );
 }
 
 /// Once the database is back: waits until the agent's audit trail holds `count` events and none is still
@@ -150,7 +161,8 @@ async fn restart_outcome_recorded(app: &TestApp, agent: &str, count: usize, told
     let path = format!("/v1/agents/{agent}/events");
     let settled = common::eventually(within, || async {
         let (s, b) = app.get(&path).await;
-        s == 200 && b["events"].as_array().is_some_and(|e| e.len() == count && e.iter().all(|e| e["outcome"] != "running"))
+        s == 200
+            && b["events"].as_array().is_some_and(|e| e.len() == count && e.iter().all(|e| e["outcome"] != "running"))
     })
     .await;
     let (_, events) = app.get(&path).await;

@@ -8,7 +8,10 @@ mod common;
 use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
-    sync::{Arc, atomic::{AtomicU64, Ordering}},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -85,9 +88,16 @@ async fn watcher_killed_mid_command_is_502_audited_failed_and_the_next_command_w
         "a clear watcher error code, got {body}"
     );
     assert_eq!(body["agent_id"], "i-k9");
-    assert!(took < Duration::from_secs(3), "the broken connection was noticed at once, not after the command timeout: {took:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "the broken connection was noticed at once, not after the command timeout: {took:?}"
+    );
     let ev = events(&app, "i-k9").await;
-    assert_eq!((ev[0]["action"].as_str(), ev[0]["outcome"].as_str(), ev[0]["http_status"].as_i64()), (Some("restart"), Some("failed"), Some(502)), "{ev:?}");
+    assert_eq!(
+        (ev[0]["action"].as_str(), ev[0]["outcome"].as_str(), ev[0]["http_status"].as_i64()),
+        (Some("restart"), Some("failed"), Some(502)),
+        "{ev:?}"
+    );
     assert!(ev[0]["finished_at"].is_string());
     assert_eq!(Some(body["event_id"].as_i64().unwrap()), ev[0]["id"].as_i64(), "the error names the audit row");
 
@@ -153,7 +163,11 @@ async fn watcher_answering_an_endless_body_is_502_after_at_most_64_kib() {
         let started = Instant::now();
         let (status, body) = app.get("/resource/watcher?agent_id=i-huge").await;
         assert_eq!((status, body["error_code"].as_str()), (502, Some("watcher_bad_response")), "{body}");
-        assert!(started.elapsed() < Duration::from_millis(900), "refused at the limit, not at the timeout: {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "refused at the limit, not at the timeout: {:?}",
+            started.elapsed()
+        );
     }
     let grown_kib = rss_kib() - rss_before;
     // The writer could only push what the socket buffers held beyond the 64 KiB the client read.
@@ -169,7 +183,10 @@ async fn watcher_dribbling_headers_is_504_within_the_status_timeout() {
     let app = TestApp::spawn().await; // status timeout 1 s
     let port = fake_watcher(|mut s| {
         // Slowloris: one byte of a never-ending header block every 100 ms.
-        let mut head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Padding: ".iter().copied().chain(std::iter::repeat(b'a'));
+        let mut head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Padding: "
+            .iter()
+            .copied()
+            .chain(std::iter::repeat(b'a'));
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             let Some(b) = head.next() else { return };
@@ -215,7 +232,14 @@ async fn refresh_listing_asks_every_watcher_under_the_concurrency_limit() {
     // Without refresh, nothing has been observed yet.
     let (status, body) = app.get("/v1/agents").await;
     assert_eq!(status, 200);
-    assert!(body["agents"].as_array().unwrap().iter().all(|a| a["supervision"].is_null() || a["supervision"]["watcher"].is_null()), "{body}");
+    assert!(
+        body["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["supervision"].is_null() || a["supervision"]["watcher"].is_null()),
+        "{body}"
+    );
 
     let started = Instant::now();
     let (status, body) = app.get("/v1/agents?refresh=true").await;
@@ -225,8 +249,12 @@ async fn refresh_listing_asks_every_watcher_under_the_concurrency_limit() {
     assert!(took >= Duration::from_millis(1_900) && took < Duration::from_millis(3_500), "took {took:?}");
     let agents = body["agents"].as_array().unwrap();
     assert_eq!(agents.len(), 6);
-    let watcher = |id: &str| agents.iter().find(|a| a["id"] == id).map(|a| a["supervision"]["watcher"].clone()).unwrap();
-    assert_eq!((watcher("i-up")["reachable"].as_bool(), watcher("i-up")["agent_status"].as_str()), (Some(true), Some("active")));
+    let watcher =
+        |id: &str| agents.iter().find(|a| a["id"] == id).map(|a| a["supervision"]["watcher"].clone()).unwrap();
+    assert_eq!(
+        (watcher("i-up")["reachable"].as_bool(), watcher("i-up")["agent_status"].as_str()),
+        (Some(true), Some("active"))
+    );
     assert_eq!(watcher("i-closed")["reachable"], false);
     assert!(watcher("i-closed")["error"].as_str().unwrap().contains("unreachable"));
     for i in 0..4 {

@@ -30,7 +30,10 @@ const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 /// `target/` of this build (the test binary lives in `target/debug/deps/`).
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.ancestors().nth(3).map(Path::to_path_buf).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+    exe.ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
 }
 
 fn python_in(venv: &Path) -> PathBuf {
@@ -62,7 +65,8 @@ async fn client_venv() -> PathBuf {
         return venv;
     }
     let python = std::env::var("AS_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let building = target_dir().join(format!("venv-bai-client.tmp-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
+    let building =
+        target_dir().join(format!("venv-bai-client.tmp-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
     let started = Instant::now();
     let mut cmd = tokio::process::Command::new(&python);
     cmd.arg("-m").arg("venv").arg(&building);
@@ -132,7 +136,10 @@ async fn the_official_cli_works_unchanged() {
     let app = TestApp::spawn().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("service.log");
-    let service = format!(r#"echo "start $$" >> {l}; trap 'echo "stop $$" >> {l}; exit 0' TERM; while :; do sleep 0.05; done"#, l = log.display());
+    let service = format!(
+        r#"echo "start $$" >> {l}; trap 'echo "stop $$" >> {l}; exit 0' TERM; while :; do sleep 0.05; done"#,
+        l = log.display()
+    );
     let watcher = WatcherProcess::process_backend(TOKEN, &["sh", "-c", &service], &[]);
     assert!(watcher.wait_for_status("active", Duration::from_secs(5)));
     app.add_agent("i-cli").await;
@@ -145,7 +152,12 @@ async fn the_official_cli_works_unchanged() {
     // The watcher's object comes through in the watcher's own key order, Backend.AI's two keys first, then our
     // watcher's extra keys (backend, pid, since, ...).
     let printed = ok(&status);
-    assert!(printed.starts_with("OrderedDict([('agent-status', 'active'), ('watcher-status', 'active'), ('backend', 'process')"), "{printed}");
+    assert!(
+        printed.starts_with(
+            "OrderedDict([('agent-status', 'active'), ('watcher-status', 'active'), ('backend', 'process')"
+        ),
+        "{printed}"
+    );
     assert_eq!(status.stderr, "", "nothing on stderr");
 
     for (cmd, state) in [("agent-stop", "inactive"), ("agent-start", "active"), ("agent-restart", "active")] {
@@ -165,21 +177,34 @@ async fn the_official_cli_works_unchanged() {
 
     let o = cli.run(admin, &["admin", "watcher", "status", "i-nope"]).await;
     assert_eq!(o.code, 1);
-    assert!(o.stderr.contains("✘ BackendAPIError: 404 Not Found") && o.stderr.contains("No such agent."), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("✘ BackendAPIError: 404 Not Found") && o.stderr.contains("No such agent."),
+        "{}",
+        o.stderr
+    );
 
     // A wrong secret key: 401, and the secret is not echoed.
-    let wrong = Creds { access_key: admin.access_key.clone(), secret_key: "Wrong/SecretKey+0000000000000000000000000".into() };
+    let wrong =
+        Creds { access_key: admin.access_key.clone(), secret_key: "Wrong/SecretKey+0000000000000000000000000".into() };
     let o = cli.run(&wrong, &["admin", "watcher", "status", "i-cli"]).await;
     assert_eq!(o.code, 1, "{}", o.stderr);
     assert!(o.stderr.contains("✘ BackendAPIError: 401 Unauthorized"), "{}", o.stderr);
-    assert!(o.stderr.contains("Credential/signature mismatch.") && o.stderr.contains("➜ Message: Signature mismatch"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("Credential/signature mismatch.") && o.stderr.contains("➜ Message: Signature mismatch"),
+        "{}",
+        o.stderr
+    );
     assert!(!o.stderr.contains(&wrong.secret_key) && !o.stderr.contains(&admin.secret_key));
 
     // A valid keypair without superadmin rights: 403.
     let user = app.add_keypair(false, true).await;
     let o = cli.run(&user, &["admin", "watcher", "agent-restart", "i-cli"]).await;
     assert_eq!(o.code, 1, "{}", o.stderr);
-    assert!(o.stderr.contains("✘ BackendAPIError: 403 Forbidden") && o.stderr.contains("superadmin privilege required"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("✘ BackendAPIError: 403 Forbidden") && o.stderr.contains("superadmin privilege required"),
+        "{}",
+        o.stderr
+    );
 
     // Usage recalculation (the CLI ignores the reply and always exits 0; errors go to stderr).
     let o = cli.run(admin, &["admin", "resource", "recalculate-usage"]).await;

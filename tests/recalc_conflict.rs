@@ -45,11 +45,16 @@ async fn recalc_against_crossing_writer(db: &TestDb, opts: RecalcOptions) -> Res
     let writer_pid = scalar(&mut writer, "SELECT pg_backend_pid()::bigint AS n").await;
     diesel::sql_query("BEGIN ISOLATION LEVEL SERIALIZABLE").execute(&mut writer).await.unwrap();
     scalar(&mut writer, "SELECT count(*) AS n FROM agents WHERE occupied_slots <> '{}'").await;
-    diesel::sql_query(format!("UPDATE kernels SET occupied_slots = '{{\"cpu\": \"3.5\", \"mem\": \"1\"}}' WHERE id = '{k1}'"))
+    diesel::sql_query(format!(
+        "UPDATE kernels SET occupied_slots = '{{\"cpu\": \"3.5\", \"mem\": \"1\"}}' WHERE id = '{k1}'"
+    ))
+    .execute(&mut writer)
+    .await
+    .unwrap();
+    diesel::sql_query("UPDATE agents SET occupied_slots = '{\"writer\": \"1\"}' WHERE id = 'i-1'")
         .execute(&mut writer)
         .await
         .unwrap();
-    diesel::sql_query("UPDATE agents SET occupied_slots = '{\"writer\": \"1\"}' WHERE id = 'i-1'").execute(&mut writer).await.unwrap();
 
     let pool = db.db.clone();
     let recalc = tokio::spawn(async move { recalculate_usage(&pool, &opts).await });

@@ -90,9 +90,9 @@ async fn populate(conn: &mut AsyncPgConnection, seed: u64) -> Expected {
             if status.occupies_resources()
                 && let Some(a) = placed
             {
-                let acc = sums.entry(a).or_insert_with(|| {
-                    ResourceSlot::from_json_value(&json!({"cpu": "0", "mem": "0"})).unwrap()
-                });
+                let acc = sums
+                    .entry(a)
+                    .or_insert_with(|| ResourceSlot::from_json_value(&json!({"cpu": "0", "mem": "0"})).unwrap());
                 acc.add_assign(&ResourceSlot::from_json_value(&slots).unwrap());
             }
         }
@@ -131,11 +131,14 @@ async fn sql_recalculation_matches_a_rust_reference_on_random_data() {
         for (id, want) in &expected.slots {
             assert_eq!(&got[id], want, "seed {seed}, agent {id}");
         }
-        let usage: BTreeMap<String, (i32, i32)> =
-            usage(&mut conn).await.into_iter().map(|(k, (c, s, fresh))| {
+        let usage: BTreeMap<String, (i32, i32)> = usage(&mut conn)
+            .await
+            .into_iter()
+            .map(|(k, (c, s, fresh))| {
                 assert!(fresh, "seed {seed}: {k} not written");
                 (k, (c, s))
-            }).collect();
+            })
+            .collect();
         assert_eq!(usage, expected.usage, "seed {seed}");
 
         let touched = report.agents_updated.len() + report.agents_reset.len() + report.agents_skipped.len();

@@ -117,7 +117,11 @@ async fn scenario_6_3_lost_and_terminated_agents_are_untouched_and_reported() {
         ]
     );
     let reason = |id: &str| report.agents_skipped.iter().find(|s| s.agent_id == id).unwrap().reason.clone();
-    assert!(reason("i-lost").contains("LOST") && reason("i-lost").contains("has counted kernels"), "{}", reason("i-lost"));
+    assert!(
+        reason("i-lost").contains("LOST") && reason("i-lost").contains("has counted kernels"),
+        "{}",
+        reason("i-lost")
+    );
     assert!(reason("i-gone").contains("TERMINATED"));
     assert!(!reason("i-lost-idle").contains("has counted kernels"));
     assert!(reason("i-restarting-idle").contains("RESTARTING"));
@@ -197,7 +201,18 @@ async fn error_and_terminating_sessions_count_pending_cancelled_terminated_do_no
     scaling_group(&mut conn).await;
     agent(&mut conn, "i-1", "ALIVE").await;
     agent(&mut conn, "i-only-ended", "ALIVE").await;
-    let counted = ["SCHEDULED", "PREPARING", "PULLING", "PREPARED", "CREATING", "RUNNING", "RESTARTING", "RUNNING_DEGRADED", "TERMINATING", "ERROR"];
+    let counted = [
+        "SCHEDULED",
+        "PREPARING",
+        "PULLING",
+        "PREPARED",
+        "CREATING",
+        "RUNNING",
+        "RESTARTING",
+        "RUNNING_DEGRADED",
+        "TERMINATING",
+        "ERROR",
+    ];
     for (i, status) in counted.iter().enumerate() {
         let s = session(&mut conn, Some("AKIAONE"), status, "INTERACTIVE").await;
         kernel(&mut conn, s, Some("i-1"), json!({"cpu": "1", "mem": (1u64 << i).to_string()})).await;

@@ -50,7 +50,8 @@ async fn serve_notifies_systemd_drains_a_slow_restart_on_sigterm_and_keeps_secre
     let dir = tempfile::tempdir().unwrap();
 
     // An agent whose service needs 2 s to stop, under a real watcher.
-    let watcher = running_watcher(TOKEN, &slow_service(&dir.path().join("service.log"), "2"), &["--stop-timeout-ms", "5000"]);
+    let watcher =
+        running_watcher(TOKEN, &slow_service(&dir.path().join("service.log"), "2"), &["--stop-timeout-ms", "5000"]);
     db.add_agent("i-svc").await;
     etcd.register("i-svc", "127.0.0.1", Some(watcher.port())).await;
 
@@ -128,7 +129,8 @@ async fn serve_notifies_systemd_drains_a_slow_restart_on_sigterm_and_keeps_secre
 fn the_watcher_notifies_systemd_too() {
     let dir = tempfile::tempdir().unwrap();
     let (socket, path) = notify_socket(dir.path());
-    let env = [("NOTIFY_SOCKET".to_owned(), path.display().to_string()), ("WATCHDOG_USEC".to_owned(), "300000".to_owned())];
+    let env =
+        [("NOTIFY_SOCKET".to_owned(), path.display().to_string()), ("WATCHDOG_USEC".to_owned(), "300000".to_owned())];
     let args: Vec<String> = ["--backend", "process", "--", "sleep", "1000"].iter().map(|s| s.to_string()).collect();
     let mut w = WatcherProcess::spawn(TOKEN, &args, &env);
     let mut seen = Vec::new();
@@ -158,11 +160,21 @@ async fn readiness_names_the_failed_dependency_and_metrics_need_their_token() {
 
     // Metrics: the token is required on the API address; the separate address needs none.
     assert_eq!(app.request("GET", "/metrics", None, None).await.0, 401);
-    let mut resp = awc::Client::new().get(format!("{}/metrics", app.url)).insert_header(("Authorization", "Bearer wrong")).send().await.unwrap();
+    let mut resp = awc::Client::new()
+        .get(format!("{}/metrics", app.url))
+        .insert_header(("Authorization", "Bearer wrong"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 401);
     let _ = resp.body().await;
     app.get("/v1/agents").await;
-    let mut resp = awc::Client::new().get(format!("{}/metrics", app.url)).insert_header(("Authorization", "Bearer m-token")).send().await.unwrap();
+    let mut resp = awc::Client::new()
+        .get(format!("{}/metrics", app.url))
+        .insert_header(("Authorization", "Bearer m-token"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let text = String::from_utf8(resp.body().await.unwrap().to_vec()).unwrap();
     for family in [
@@ -176,10 +188,19 @@ async fn readiness_names_the_failed_dependency_and_metrics_need_their_token() {
     }
     let mut resp = awc::Client::new().get(format!("http://127.0.0.1:{metrics_port}/metrics")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(String::from_utf8(resp.body().await.unwrap().to_vec()).unwrap().contains("agent_supervisor_http_requests_total"));
+    assert!(
+        String::from_utf8(resp.body().await.unwrap().to_vec())
+            .unwrap()
+            .contains("agent_supervisor_http_requests_total")
+    );
 
     etcd.stop();
-    assert!(common::eventually(Duration::from_secs(5), || async { app.request("GET", "/readyz", None, None).await.0 == 503 }).await);
+    assert!(
+        common::eventually(Duration::from_secs(5), || async {
+            app.request("GET", "/readyz", None, None).await.0 == 503
+        })
+        .await
+    );
     let (_, body) = app.request("GET", "/readyz", None, None).await;
     assert_eq!(body["ready"], false);
     assert!(body["etcd"].is_string() && body["database"].is_null(), "{body}");
@@ -191,7 +212,13 @@ async fn readiness_names_the_failed_dependency_and_metrics_need_their_token() {
 
     etcd.restart();
     proxy.restore();
-    assert!(common::eventually(Duration::from_secs(15), || async { app.request("GET", "/readyz", None, None).await.0 == 200 }).await, "not ready again");
+    assert!(
+        common::eventually(Duration::from_secs(15), || async {
+            app.request("GET", "/readyz", None, None).await.0 == 200
+        })
+        .await,
+        "not ready again"
+    );
     assert_eq!(app.request("GET", "/healthz", None, None).await.0, 200);
 }
 
@@ -206,7 +233,10 @@ async fn metrics_are_off_unless_configured() {
 fn unit_files_declare_notify_and_watchdog_and_pass_systemd_analyze() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
-    for (unit, bin) in [("agent-supervisor.service", env!("CARGO_BIN_EXE_agent-supervisor")), ("agent-watcher.service", env!("CARGO_BIN_EXE_agent-watcher"))] {
+    for (unit, bin) in [
+        ("agent-supervisor.service", env!("CARGO_BIN_EXE_agent-supervisor")),
+        ("agent-watcher.service", env!("CARGO_BIN_EXE_agent-watcher")),
+    ] {
         let text = std::fs::read_to_string(root.join("systemd").join(unit)).unwrap();
         for line in ["Type=notify", "WatchdogSec=", "Restart=on-failure", "ExecStart=/usr/local/bin/"] {
             assert!(text.contains(line), "{unit} lacks {line}");
@@ -214,8 +244,17 @@ fn unit_files_declare_notify_and_watchdog_and_pass_systemd_analyze() {
         let name = unit.trim_end_matches(".service");
         std::fs::write(dir.path().join(unit), text.replace(&format!("/usr/local/bin/{name}"), bin)).unwrap();
     }
-    assert!(std::fs::read_to_string(root.join("systemd/agent-supervisor.service")).unwrap().contains("NoNewPrivileges=true"));
-    match Command::new("systemd-analyze").arg("verify").arg(dir.path().join("agent-supervisor.service")).arg(dir.path().join("agent-watcher.service")).output() {
+    assert!(
+        std::fs::read_to_string(root.join("systemd/agent-supervisor.service"))
+            .unwrap()
+            .contains("NoNewPrivileges=true")
+    );
+    match Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(dir.path().join("agent-supervisor.service"))
+        .arg(dir.path().join("agent-watcher.service"))
+        .output()
+    {
         Ok(out) => assert!(out.status.success(), "systemd-analyze verify: {}", String::from_utf8_lossy(&out.stderr)),
         Err(e) => eprintln!("systemd-analyze is not installed ({e}); the unit files were checked by content only"),
     }

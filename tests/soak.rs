@@ -15,9 +15,9 @@ mod common;
 mod sim_watcher;
 
 use std::{
+    cell::RefCell,
     collections::BTreeMap,
     rc::Rc,
-    cell::RefCell,
     time::{Duration, Instant},
 };
 
@@ -51,7 +51,13 @@ fn rss_kib() -> i64 {
 
 /// Signs with the app's superadmin keypair and reuses one client (one connection pool), as a real caller would.
 async fn call(client: &awc::Client, app: &TestApp, method: &str, path: &str) -> Result<u16, String> {
-    let out = signing::OutgoingRequest { method, rel_url: path, host: &app.host, content_type: "text/plain", api_version: COMPAT_API_VERSION };
+    let out = signing::OutgoingRequest {
+        method,
+        rel_url: path,
+        host: &app.host,
+        content_type: "text/plain",
+        api_version: COMPAT_API_VERSION,
+    };
     let h = signing::sign_request(&app.admin.access_key, &app.admin.secret_key, &out, chrono::Utc::now());
     let m = awc::http::Method::from_bytes(method.as_bytes()).unwrap();
     let req = client
@@ -67,7 +73,9 @@ async fn call(client: &awc::Client, app: &TestApp, method: &str, path: &str) -> 
     if (200..300).contains(&status) {
         return Ok(status);
     }
-    let code = serde_json::from_slice::<serde_json::Value>(&body).ok().and_then(|v| v["error_code"].as_str().map(str::to_owned));
+    let code = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["error_code"].as_str().map(str::to_owned));
     match (status, code.as_deref()) {
         (409, Some("agent_already_running" | "agent_already_stopped")) => Ok(status),
         _ => Err(format!("{method} {path}: {status} {}", String::from_utf8_lossy(&body))),
@@ -161,7 +169,12 @@ async fn soak_mixed_status_and_commands_at_a_fixed_rate() {
 
     {
         let errors = errors.borrow();
-        assert!(errors.is_empty(), "{} of {n} requests failed, first: {:?}", errors.len(), &errors[..errors.len().min(5)]);
+        assert!(
+            errors.is_empty(),
+            "{} of {n} requests failed, first: {:?}",
+            errors.len(),
+            &errors[..errors.len().min(5)]
+        );
     }
     assert_eq!(skipped, 0, "the daemon fell behind the request rate");
     assert_eq!(sims.overlaps(), 0, "an agent saw two commands at once");

@@ -55,7 +55,8 @@ async fn actor_runs_commands_one_at_a_time_in_arrival_order() {
         let r = p.await.unwrap();
         assert!(r.is_ok(), "{:?}", r.err());
     }
-    let lines: Vec<String> = std::fs::read_to_string(&log).unwrap().lines().map(|l| l.split(' ').next().unwrap().to_owned()).collect();
+    let lines: Vec<String> =
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| l.split(' ').next().unwrap().to_owned()).collect();
     assert_eq!(lines, ["start", "stop", "start", "stop", "start"], "the watcher saw the commands in order");
 }
 
@@ -86,7 +87,11 @@ async fn status_is_answered_during_a_slow_command_and_agents_run_in_parallel() {
     assert!(ra.await.unwrap().is_ok());
     assert!(rb.await.unwrap().is_ok());
     // Each restart takes at least 1.5 s; run one after the other they would need 3 s.
-    assert!(started.elapsed() < Duration::from_millis(2_900), "restarts of two agents did not overlap: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(2_900),
+        "restarts of two agents did not overlap: {:?}",
+        started.elapsed()
+    );
 }
 
 #[actix_rt::test]
@@ -103,7 +108,8 @@ async fn full_queue_is_agent_busy_and_force_and_prechecks_apply() {
     let mut running = Vec::new();
     for _ in 0..3 {
         let a = actor.clone();
-        running.push(actix_rt::spawn(async move { a.send(WatcherAgentRestart { requester: "t".into() }).await.unwrap() }));
+        running
+            .push(actix_rt::spawn(async move { a.send(WatcherAgentRestart { requester: "t".into() }).await.unwrap() }));
         actix_rt::time::sleep(Duration::from_millis(50)).await;
     }
     // One in flight, two waiting: the queue (capacity 2) is full.
@@ -132,19 +138,31 @@ async fn backend_ai_watcher(token: &'static str, agent_status: &'static str) -> 
         let (token, status) = **data;
         let ok = req.headers().get("X-BackendAI-Watcher-Token").and_then(|v| v.to_str().ok()) == Some(token);
         if !ok {
-            return HttpResponse::Forbidden().insert_header(("Server", "BackendAI-AgentWatcher")).content_type("text/plain; charset=utf-8").body("403: Forbidden");
+            return HttpResponse::Forbidden()
+                .insert_header(("Server", "BackendAI-AgentWatcher"))
+                .content_type("text/plain; charset=utf-8")
+                .body("403: Forbidden");
         }
         // aiohttp's json_response: Python's json.dumps, with its ", " and ": " separators.
-        let body = if req.path() == "/" { format!(r#"{{"agent-status": "{status}", "watcher-status": "active"}}"#) } else { r#"{"result": "ok"}"#.to_owned() };
-        HttpResponse::Ok().insert_header(("Server", "BackendAI-AgentWatcher")).content_type("application/json; charset=utf-8").body(body)
+        let body = if req.path() == "/" {
+            format!(r#"{{"agent-status": "{status}", "watcher-status": "active"}}"#)
+        } else {
+            r#"{"result": "ok"}"#.to_owned()
+        };
+        HttpResponse::Ok()
+            .insert_header(("Server", "BackendAI-AgentWatcher"))
+            .content_type("application/json; charset=utf-8")
+            .body(body)
     }
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let server = HttpServer::new(move || App::new().app_data(web::Data::new((token, agent_status))).default_service(web::to(handle)))
-        .workers(1)
-        .listen(listener)
-        .unwrap()
-        .run();
+    let server = HttpServer::new(move || {
+        App::new().app_data(web::Data::new((token, agent_status))).default_service(web::to(handle))
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
     let handle = server.handle();
     actix_rt::spawn(server);
     (port, handle)
@@ -159,7 +177,8 @@ async fn works_with_a_backend_ai_style_watcher() {
     let (status, body) = app.get("/resource/watcher?agent_id=i-bai").await;
     assert_eq!((status, body), (200, json!({"agent-status": "active", "watcher-status": "active"})));
     // Verbatim: the bytes the watcher sent.
-    let mut resp = app.signed("GET", "/resource/watcher?agent_id=i-bai", "application/json", &app.admin).send().await.unwrap();
+    let mut resp =
+        app.signed("GET", "/resource/watcher?agent_id=i-bai", "application/json", &app.admin).send().await.unwrap();
     assert_eq!(resp.headers().get("content-type").unwrap(), "application/json");
     assert_eq!(resp.body().await.unwrap(), r#"{"agent-status": "active", "watcher-status": "active"}"#.as_bytes());
     // Backend.AI's watcher would answer 200 to a start of a running agent; our pre-check answers 409.
@@ -199,7 +218,13 @@ async fn etcd_stopped_is_503_and_the_daemon_recovers_when_it_returns() {
     assert_eq!(app.get("/healthz").await.0, 200, "the daemon keeps running");
 
     etcd.restart();
-    assert!(common::eventually(Duration::from_secs(15), || async { app.get("/resource/watcher?agent_id=i-etcd").await.0 == 200 }).await, "did not recover");
+    assert!(
+        common::eventually(Duration::from_secs(15), || async {
+            app.get("/resource/watcher?agent_id=i-etcd").await.0 == 200
+        })
+        .await,
+        "did not recover"
+    );
 }
 
 #[actix_rt::test]
@@ -224,14 +249,25 @@ async fn database_cut_is_503_for_what_needs_it_and_recovers() {
     assert!(started.elapsed() < Duration::from_secs(5));
 
     proxy.restore();
-    assert!(common::eventually(Duration::from_secs(10), || async { app.post("/v1/agents/i-db/restart", None).await.0 == 200 }).await, "did not recover");
+    assert!(
+        common::eventually(Duration::from_secs(10), || async {
+            app.post("/v1/agents/i-db/restart", None).await.0 == 200
+        })
+        .await,
+        "did not recover"
+    );
     assert_eq!(app.get("/v1/agents").await.0, 200);
 }
 
 /// A watcher whose `GET /` takes `delay` and numbers its answers (`"call": n`), so a test can tell which requests
 /// shared a call. Commands answer at once.
-async fn counting_watcher(delay: Duration) -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>, actix_web::dev::ServerHandle) {
-    use std::sync::{Arc, atomic::{AtomicU64, Ordering}};
+async fn counting_watcher(
+    delay: Duration,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>, actix_web::dev::ServerHandle) {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    };
     let calls = Arc::new(AtomicU64::new(0));
     let counter = calls.clone();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

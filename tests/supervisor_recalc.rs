@@ -14,13 +14,17 @@ async fn occupied(app: &TestApp, id: &str) -> Value {
         occupied_slots: Value,
     }
     let mut conn = app.db.db.conn().await.unwrap();
-    let rows: Vec<Row> = diesel::sql_query(format!("SELECT occupied_slots FROM agents WHERE id = '{id}'")).load(&mut conn).await.unwrap();
+    let rows: Vec<Row> = diesel::sql_query(format!("SELECT occupied_slots FROM agents WHERE id = '{id}'"))
+        .load(&mut conn)
+        .await
+        .unwrap();
     rows.into_iter().next().unwrap().occupied_slots
 }
 
 async fn kernel(app: &TestApp, agent: &str, session_status: &str, slots: &str) {
     let s = uuid::Uuid::new_v4();
-    app.sql(&format!("INSERT INTO sessions (id, access_key, status) VALUES ('{s}', 'AKRECALC', '{session_status}')")).await;
+    app.sql(&format!("INSERT INTO sessions (id, access_key, status) VALUES ('{s}', 'AKRECALC', '{session_status}')"))
+        .await;
     app.sql(&format!("INSERT INTO kernels (id, session_id, agent, status, occupied_slots) VALUES (gen_random_uuid(), '{s}', '{agent}', 'RUNNING', '{slots}')")).await;
 }
 
@@ -50,7 +54,8 @@ async fn s6_1_and_6_3_updates_responding_agents_and_warns_about_the_others() {
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["agents_updated"], json!(["i-a", "i-b"]));
     assert_eq!(report["agents_reset"], json!(["i-idle"]));
-    let skipped: Vec<&str> = report["agents_skipped"].as_array().unwrap().iter().map(|s| s["agent_id"].as_str().unwrap()).collect();
+    let skipped: Vec<&str> =
+        report["agents_skipped"].as_array().unwrap().iter().map(|s| s["agent_id"].as_str().unwrap()).collect();
     assert_eq!(skipped, ["i-dead", "i-lost"]);
     assert!(report["elapsed_ms"].is_u64() && report["attempts"] == 1);
 }

@@ -37,7 +37,13 @@ async fn agent_with_kernels(app: &TestApp, id: &str, addr: &str, statuses: &[&st
 async fn s1_1_sync_sends_the_occupying_kernels_and_returns_the_full_row() {
     let app = TestApp::spawn().await;
     let agent = standin("i-sync");
-    let expected = agent_with_kernels(&app, "i-sync", agent.addr(), &["RUNNING", "ERROR", "TERMINATING", "PENDING", "TERMINATED", "CANCELLED"]).await;
+    let expected = agent_with_kernels(
+        &app,
+        "i-sync",
+        agent.addr(),
+        &["RUNNING", "ERROR", "TERMINATING", "PENDING", "TERMINATED", "CANCELLED"],
+    )
+    .await;
 
     let (status, body) = app.post("/session/_/sync-agent-registry", Some(json!({"agent": "i-sync"}))).await;
     assert_eq!((status, body), (200, json!({})));
@@ -54,8 +60,22 @@ async fn s1_1_sync_sends_the_occupying_kernels_and_returns_the_full_row() {
     assert_eq!(body["rpc_sent"], true);
     let row = body["agent"].as_object().unwrap();
     for column in [
-        "id", "status", "status_changed", "region", "scaling_group", "schedulable", "available_slots", "occupied_slots", "addr",
-        "public_host", "public_key", "first_contact", "lost_at", "version", "architecture", "compute_plugins",
+        "id",
+        "status",
+        "status_changed",
+        "region",
+        "scaling_group",
+        "schedulable",
+        "available_slots",
+        "occupied_slots",
+        "addr",
+        "public_host",
+        "public_key",
+        "first_contact",
+        "lost_at",
+        "version",
+        "architecture",
+        "compute_plugins",
         "auto_terminate_abusing_kernel",
     ] {
         assert!(row.contains_key(column), "the row lacks {column}");
@@ -75,7 +95,10 @@ async fn s1_2_unknown_agent_is_404_and_no_rpc_is_sent() {
     let app = TestApp::spawn().await;
     let agent = standin("invalid-agent");
     let (status, body) = app.post("/session/_/sync-agent-registry", Some(json!({"agent": "invalid-agent"}))).await;
-    assert_eq!((status, body["error_code"].as_str(), body["agent_id"].as_str()), (404, Some("agent_not_found"), Some("invalid-agent")));
+    assert_eq!(
+        (status, body["error_code"].as_str(), body["agent_id"].as_str()),
+        (404, Some("agent_not_found"), Some("invalid-agent"))
+    );
     let (status, _) = app.post("/v1/agents/invalid-agent/sync", None).await;
     assert_eq!(status, 404);
     assert!(agent.calls().is_empty(), "no RPC for an unknown agent");
@@ -118,7 +141,12 @@ async fn agent_down_slow_or_failing_is_mapped_and_the_actor_stays_healthy() {
     let (status, body) = app.post("/v1/agents/i-slow/sync", None).await;
     assert_eq!((status, body["error_code"].as_str()), (504, Some("agent_rpc_timeout")), "{body}");
     slow.set_delay(Duration::ZERO);
-    assert!(common::eventually(Duration::from_secs(10), || async { app.post("/v1/agents/i-slow/sync", None).await.0 == 200 }).await);
+    assert!(
+        common::eventually(Duration::from_secs(10), || async {
+            app.post("/v1/agents/i-slow/sync", None).await.0 == 200
+        })
+        .await
+    );
 
     // The agent answers FAILURE (it does not know the id it was given).
     let confused = standin("i-someone-else");
@@ -150,7 +178,10 @@ async fn sync_uses_curve_when_the_agent_has_a_public_key() {
 
     // The agent admits only the manager's key.
     let mut cfg = StandinConfig::new("127.0.0.1:0", "i-curve");
-    cfg.curve = Some(StandinCurve { keypair: CurveKeyPair::generate().unwrap(), allowed_clients: Some(vec![manager.public.clone()]) });
+    cfg.curve = Some(StandinCurve {
+        keypair: CurveKeyPair::generate().unwrap(),
+        allowed_clients: Some(vec![manager.public.clone()]),
+    });
     let agent = StandinAgent::start(cfg).unwrap();
     agent_with_kernels(&app, "i-curve", agent.addr(), &["RUNNING"]).await;
     let public = agent.public_key().unwrap().to_owned();

@@ -145,7 +145,8 @@ async fn s4_stop_running_then_409_stopped_and_kernels_need_force() {
     assert_eq!(body["kernel_count"], 2);
     assert_eq!(lines(&dir).len(), 1, "not stopped");
 
-    let (status, body) = app.post("/resource/watcher/agent/stop", Some(json!({"agent_id": "i-stop", "force": true}))).await;
+    let (status, body) =
+        app.post("/resource/watcher/agent/stop", Some(json!({"agent_id": "i-stop", "force": true}))).await;
     assert_eq!((status, &body), (200, &json!({"result": "ok"})));
     assert!(lines(&dir).last().unwrap().starts_with("stop"));
 
@@ -198,10 +199,12 @@ async fn s5_3_restart_slower_than_the_command_timeout_is_504_and_the_next_comman
     // The actor serves the next command (our watcher finishes the restart first).
     let (status, body) = app.get("/resource/watcher?agent_id=i-slow").await;
     assert_eq!(status, 200, "{body}");
-    assert!(common::eventually(Duration::from_secs(10), || async {
-        app.get("/resource/watcher?agent_id=i-slow").await.1["agent-status"] == "active"
-    })
-    .await);
+    assert!(
+        common::eventually(Duration::from_secs(10), || async {
+            app.get("/resource/watcher?agent_id=i-slow").await.1["agent-status"] == "active"
+        })
+        .await
+    );
     let (status, body) = app.post("/v1/agents/i-slow/stop", None).await;
     assert!(status == 200 || status == 504, "{status} {body}");
 }
@@ -210,11 +213,17 @@ async fn s5_3_restart_slower_than_the_command_timeout_is_504_and_the_next_comman
 async fn unknown_agents_bad_ids_and_bad_bodies() {
     let app = TestApp::spawn().await;
     let (status, body) = app.get("/resource/watcher?agent_id=invalid-agent").await;
-    assert_eq!((status, body["error_code"].as_str(), body["agent_id"].as_str()), (404, Some("agent_not_found"), Some("invalid-agent")));
+    assert_eq!(
+        (status, body["error_code"].as_str(), body["agent_id"].as_str()),
+        (404, Some("agent_not_found"), Some("invalid-agent"))
+    );
     let (status, body) = app.post("/resource/watcher/agent/start", Some(json!({"agent_id": "nope"}))).await;
     assert_eq!((status, body["error_code"].as_str()), (404, Some("agent_not_found")));
     let (status, body) = app.post("/resource/watcher/agent/start", Some(json!({"agent_id": ""}))).await;
-    assert_eq!((status, body["error_code"].as_str(), body["field"].as_str()), (400, Some("invalid_request"), Some("agent_id")));
+    assert_eq!(
+        (status, body["error_code"].as_str(), body["field"].as_str()),
+        (400, Some("invalid_request"), Some("agent_id"))
+    );
     let (status, body) = app.post("/resource/watcher/agent/stop", Some(json!({"agent_id": "a", "forse": true}))).await;
     assert_eq!((status, body["field"].as_str()), (400, Some("forse")));
     let (status, body) = app.get("/resource/watcher").await;
@@ -260,8 +269,14 @@ async fn commands_are_audited_with_requester_times_and_outcome() {
     assert_eq!(status, 200);
     let events = body["events"].as_array().unwrap();
     assert_eq!(events.len(), 2, "{body}");
-    assert_eq!((events[0]["action"].as_str(), events[0]["outcome"].as_str(), events[0]["http_status"].as_i64()), (Some("start"), Some("rejected"), Some(409)));
-    assert_eq!((events[1]["action"].as_str(), events[1]["outcome"].as_str(), events[1]["http_status"].as_i64()), (Some("restart"), Some("succeeded"), Some(200)));
+    assert_eq!(
+        (events[0]["action"].as_str(), events[0]["outcome"].as_str(), events[0]["http_status"].as_i64()),
+        (Some("start"), Some("rejected"), Some(409))
+    );
+    assert_eq!(
+        (events[1]["action"].as_str(), events[1]["outcome"].as_str(), events[1]["http_status"].as_i64()),
+        (Some("restart"), Some("succeeded"), Some(200))
+    );
     for e in events {
         assert_eq!(e["requester"], app.admin.access_key.as_str(), "the verified access key is audited");
         assert!(e["requested_at"].is_string() && e["started_at"].is_string() && e["finished_at"].is_string());
@@ -271,5 +286,10 @@ async fn commands_are_audited_with_requester_times_and_outcome() {
     let agent = &list["agents"][0];
     assert_eq!(agent["id"], "i-audit");
     assert_eq!(agent["supervision"]["recent"][0]["outcome"], "rejected");
-    assert_eq!(agent["supervision"]["watcher"]["agent-status"].as_str().or(agent["supervision"]["watcher"]["agent_status"].as_str()), Some("active"));
+    assert_eq!(
+        agent["supervision"]["watcher"]["agent-status"]
+            .as_str()
+            .or(agent["supervision"]["watcher"]["agent_status"].as_str()),
+        Some("active")
+    );
 }

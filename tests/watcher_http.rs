@@ -100,10 +100,11 @@ fn the_token_can_come_from_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("token");
     std::fs::write(&file, "from-a-file\n").unwrap();
-    let args: Vec<String> = ["--backend", "process", "--no-autostart", "--token-file", file.to_str().unwrap(), "--", "sleep", "1000"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let args: Vec<String> =
+        ["--backend", "process", "--no-autostart", "--token-file", file.to_str().unwrap(), "--", "sleep", "1000"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     let w = WatcherProcess::spawn("from-a-file", &args, &[]);
     assert_eq!(w.get("/").status, 200);
     assert_eq!(w.agent_status(), "inactive", "--no-autostart leaves the agent stopped");

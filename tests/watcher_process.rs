@@ -218,7 +218,11 @@ fn sigterm_to_the_watcher_stops_the_child_group_and_leaves_no_orphan() {
     assert!(ids.iter().all(|&p| alive(p)));
 
     let status = w.terminate().expect("the watcher exits");
-    assert!(status.success(), "graceful exit: {status:?}\n{}", std::fs::read_to_string(w.log_path()).unwrap_or_default());
+    assert!(
+        status.success(),
+        "graceful exit: {status:?}\n{}",
+        std::fs::read_to_string(w.log_path()).unwrap_or_default()
+    );
     for pid in ids {
         assert!(!alive(pid), "pid {pid} outlived the watcher");
     }
@@ -244,7 +248,11 @@ fn soft_reset_sends_sighup_to_the_agent_when_enabled() {
 
 #[test]
 fn the_agents_output_goes_to_the_log_file() {
-    let w = WatcherProcess::process_backend(TOKEN, &["sh", "-c", "echo to-stdout; echo to-stderr >&2; exec sleep 1000"], &[]);
+    let w = WatcherProcess::process_backend(
+        TOKEN,
+        &["sh", "-c", "echo to-stdout; echo to-stderr >&2; exec sleep 1000"],
+        &[],
+    );
     assert!(w.wait_for_status("active", SECS(5)));
     let text = std::fs::read_to_string(w.agent_log_path()).unwrap();
     assert!(text.contains("to-stdout") && text.contains("to-stderr"), "{text}");

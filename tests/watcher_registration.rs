@@ -9,10 +9,11 @@ use std::time::Duration;
 use common::{TestEtcd, eventually, watcher::WatcherProcess};
 
 fn args(t: &TestEtcd, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = ["--backend", "process", "--no-autostart", "--etcd", &t.endpoint, "--namespace", &t.namespace]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut a: Vec<String> =
+        ["--backend", "process", "--no-autostart", "--etcd", &t.endpoint, "--namespace", &t.namespace]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     a.extend(extra.iter().map(|s| s.to_string()));
     a.extend(["--", "sleep", "1000"].iter().map(|s| s.to_string()));
     a

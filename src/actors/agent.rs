@@ -177,7 +177,12 @@ impl AgentActor {
         }
     }
 
-    fn enqueue(&mut self, command: Command, requester: String, ctx: &mut Context<Self>) -> ResponseFuture<Result<WatcherCommandResult, Problem>> {
+    fn enqueue(
+        &mut self,
+        command: Command,
+        requester: String,
+        ctx: &mut Context<Self>,
+    ) -> ResponseFuture<Result<WatcherCommandResult, Problem>> {
         if self.queue.len() >= self.deps.settings.queue_capacity {
             let p = Problem::new(
                 ErrorCode::AgentBusy,
@@ -192,7 +197,9 @@ impl AgentActor {
         self.pump(ctx);
         let id = self.id.clone();
         Box::pin(async move {
-            rx.await.unwrap_or_else(|_| Err(Problem::new(ErrorCode::ShuttingDown, "the command was dropped").for_agent(id.as_str())))
+            rx.await.unwrap_or_else(|_| {
+                Err(Problem::new(ErrorCode::ShuttingDown, "the command was dropped").for_agent(id.as_str()))
+            })
         })
     }
 
@@ -208,7 +215,10 @@ impl AgentActor {
         self.generation += 1;
         let Queued { command, requester, requested_at, reply } = next;
         let span = tracing::info_span!("command", agent.id = %self.id, action = command.watcher().as_str(), requester = %requester);
-        let fut = tracing::Instrument::instrument(execute(self.id.clone(), self.deps.clone(), command, requester.clone(), requested_at), span);
+        let fut = tracing::Instrument::instrument(
+            execute(self.id.clone(), self.deps.clone(), command, requester.clone(), requested_at),
+            span,
+        );
         ctx.spawn(fut.into_actor(self).map(move |(result, observation, outcome), act, ctx| {
             act.in_flight = None;
             act.generation += 1;
@@ -266,7 +276,9 @@ impl AgentActor {
     /// before the request arrived, nor by one that began before the last change of state it could know about.
     fn status(&mut self, waiter: Option<StatusReply>, ctx: &mut Context<Self>) {
         let generation = self.generation;
-        if let Some(flight) = self.joinable.and_then(|id| self.flights.get_mut(&id)).filter(|f| f.generation == generation) {
+        if let Some(flight) =
+            self.joinable.and_then(|id| self.flights.get_mut(&id)).filter(|f| f.generation == generation)
+        {
             flight.waiters.extend(waiter);
             return;
         }
@@ -315,7 +327,9 @@ impl Handler<GetWatcherStatus> for AgentActor {
         self.status(Some(tx), ctx);
         let id = self.id.clone();
         Box::pin(async move {
-            rx.await.unwrap_or_else(|_| Err(Problem::new(ErrorCode::ShuttingDown, "the status call was dropped").for_agent(id.as_str())))
+            rx.await.unwrap_or_else(|_| {
+                Err(Problem::new(ErrorCode::ShuttingDown, "the status call was dropped").for_agent(id.as_str()))
+            })
         })
     }
 }
@@ -385,7 +399,12 @@ async fn fetch_status(id: AgentId, deps: Deps) -> (Result<GetWatcherStatusResult
         },
     };
     let result = result
-        .map(|reply| GetWatcherStatusResult { agent_id: id.clone(), data: Arc::new(reply.body), raw: reply.raw, latency_ms })
+        .map(|reply| GetWatcherStatusResult {
+            agent_id: id.clone(),
+            data: Arc::new(reply.body),
+            raw: reply.raw,
+            latency_ms,
+        })
         .map_err(|p| p.for_agent(id.as_str()));
     (result, observation)
 }
@@ -427,7 +446,9 @@ async fn execute(
         Ok(data) => ("succeeded", 200u16, json!({"watcher": data, "elapsed_ms": elapsed_ms})),
         Err(p) => {
             let label = match p.code {
-                ErrorCode::AgentAlreadyRunning | ErrorCode::AgentAlreadyStopped | ErrorCode::AgentHasRunningKernels => "rejected",
+                ErrorCode::AgentAlreadyRunning | ErrorCode::AgentAlreadyStopped | ErrorCode::AgentHasRunningKernels => {
+                    "rejected"
+                }
                 // The watcher may still finish the command after we stopped waiting.
                 ErrorCode::WatcherTimeout => "unknown",
                 _ => "failed",
@@ -460,7 +481,15 @@ struct Finished {
 
 impl Finished {
     async fn record(&self, db: &crate::db::Db) -> Result<(), crate::db::DbError> {
-        queries::finish_event(&mut *db.conn().await?, self.event_id, self.label, Some(self.status as i16), &self.detail, self.at).await
+        queries::finish_event(
+            &mut *db.conn().await?,
+            self.event_id,
+            self.label,
+            Some(self.status as i16),
+            &self.detail,
+            self.at,
+        )
+        .await
     }
 }
 
@@ -486,7 +515,14 @@ async fn record_outcome_later(db: crate::db::Db, finished: Finished) {
 const OUTCOME_RETRY_EVERY: Duration = Duration::from_secs(1);
 const OUTCOME_RETRY_FOR: Duration = Duration::from_secs(600);
 
-fn outcome_of(event_id: Option<i64>, command: WatcherCommand, requester: &str, outcome: &'static str, http_status: u16, started: Instant) -> CommandOutcome {
+fn outcome_of(
+    event_id: Option<i64>,
+    command: WatcherCommand,
+    requester: &str,
+    outcome: &'static str,
+    http_status: u16,
+    started: Instant,
+) -> CommandOutcome {
     CommandOutcome {
         event_id,
         command,
@@ -511,23 +547,30 @@ async fn run_command(id: &AgentId, deps: &Deps, command: Command) -> (Result<Val
         let agent_status = status.data.get("agent-status").and_then(Value::as_str).unwrap_or("");
         match (command, agent_status) {
             (Command::Start, "active" | "activating" | "reloading") => {
-                let p = Problem::new(ErrorCode::AgentAlreadyRunning, format!("agent {id} is {agent_status}; start was not sent"));
+                let p = Problem::new(
+                    ErrorCode::AgentAlreadyRunning,
+                    format!("agent {id} is {agent_status}; start was not sent"),
+                );
                 return (Err(p), observation);
             }
             (Command::Stop { .. }, "inactive") => {
-                let p = Problem::new(ErrorCode::AgentAlreadyStopped, format!("agent {id} is inactive; stop was not sent"));
+                let p =
+                    Problem::new(ErrorCode::AgentAlreadyStopped, format!("agent {id} is inactive; stop was not sent"));
                 return (Err(p), observation);
             }
             _ => {}
         }
         if let Command::Stop { force: false } = command {
-            let count = async { queries::count_occupying_kernels(&mut *deps.db.conn().await?, id.as_str()).await }.await;
+            let count =
+                async { queries::count_occupying_kernels(&mut *deps.db.conn().await?, id.as_str()).await }.await;
             match count {
                 Ok(0) => {}
                 Ok(n) => {
                     let p = Problem::new(
                         ErrorCode::AgentHasRunningKernels,
-                        format!("agent {id} has {n} kernel(s) occupying resources; stop with force=true to stop it anyway"),
+                        format!(
+                            "agent {id} has {n} kernel(s) occupying resources; stop with force=true to stop it anyway"
+                        ),
                     )
                     .with("kernel_count", n);
                     return (Err(p), observation);
@@ -540,7 +583,9 @@ async fn run_command(id: &AgentId, deps: &Deps, command: Command) -> (Result<Val
         let addr = deps.directory.watcher_address(id).await.map_err(Problem::from)?;
         let token = deps.directory.watcher_token().await.map_err(Problem::from)?;
         let called = Instant::now();
-        let reply = client::send_command(&addr, &token, command.watcher(), deps.settings.command_timeout).await.map_err(Problem::from);
+        let reply = client::send_command(&addr, &token, command.watcher(), deps.settings.command_timeout)
+            .await
+            .map_err(Problem::from);
         let outcome = reply.as_ref().map_or_else(|p| p.code.as_str(), |_| "ok");
         deps.metrics.observe_watcher(command.watcher().as_str(), outcome, called.elapsed());
         reply

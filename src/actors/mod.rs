@@ -17,7 +17,7 @@ pub use recalc::{RecalculateUsage, RecalculateUsageResult};
 pub use registry::{ActorHomes, AgentTable, GetAgent, ListAgentActors, LoadAgents, Ping, RegistryActor};
 pub use sync::{SyncAgentRegistry, SyncAgentRegistryResult};
 
-use crate::{agent_rpc::AgentRpc, telemetry::metrics::Metrics, config::Config, db::Db, etcd::WatcherDirectory};
+use crate::{agent_rpc::AgentRpc, config::Config, db::Db, etcd::WatcherDirectory, telemetry::metrics::Metrics};
 
 /// How many finished command outcomes each agent actor keeps in memory.
 pub const OUTCOMES_KEPT: usize = 20;

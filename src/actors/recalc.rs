@@ -59,7 +59,15 @@ impl RegistryActor {
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             let result = result.map(|report| RecalculateUsageResult { run, report }).map_err(Problem::from);
             match &result {
-                Ok(r) => tracing::info!(run, updated = r.report.agents_updated.len(), reset = r.report.agents_reset.len(), skipped = r.report.agents_skipped.len(), attempts = r.report.attempts, elapsed_ms = r.report.elapsed_ms, "usage recalculated"),
+                Ok(r) => tracing::info!(
+                    run,
+                    updated = r.report.agents_updated.len(),
+                    reset = r.report.agents_reset.len(),
+                    skipped = r.report.agents_skipped.len(),
+                    attempts = r.report.attempts,
+                    elapsed_ms = r.report.elapsed_ms,
+                    "usage recalculated"
+                ),
                 Err(e) => tracing::warn!(run, error = %e, "usage recalculation failed"),
             }
             let state = act.recalc_state();
@@ -89,7 +97,9 @@ impl Handler<RecalculateUsage> for RegistryActor {
             self.start_recalc(ctx);
         }
         Box::pin(async move {
-            rx.await.unwrap_or_else(|_| Err(Problem::new(crate::error::ErrorCode::ShuttingDown, "the recalculation was dropped")))
+            rx.await.unwrap_or_else(|_| {
+                Err(Problem::new(crate::error::ErrorCode::ShuttingDown, "the recalculation was dropped"))
+            })
         })
     }
 }

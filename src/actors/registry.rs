@@ -40,7 +40,10 @@ impl AgentTable {
 
     /// The agents whose actors run (a stopped one is left out until the registry starts it again).
     pub fn entries(&self) -> Vec<(AgentId, Addr<AgentActor>)> {
-        self.0.read().map(|m| m.iter().filter(|(_, v)| v.connected()).map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default()
+        self.0
+            .read()
+            .map(|m| m.iter().filter(|(_, v)| v.connected()).map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -86,7 +89,9 @@ impl ActorHomes {
                 .enumerate()
                 .filter_map(|(i, (_, handle))| {
                     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-                    handle.spawn(async move { drop(tx) }).then_some(async move { (i, actix_rt::time::timeout(within, rx).await.is_ok()) })
+                    handle
+                        .spawn(async move { drop(tx) })
+                        .then_some(async move { (i, actix_rt::time::timeout(within, rx).await.is_ok()) })
                 })
                 .collect()
         };
@@ -212,7 +217,9 @@ impl Handler<GetAgent> for RegistryActor {
         };
         Box::pin(lookup.into_actor(self).map(move |found, act, _| match found {
             Ok(Some(_)) => Ok(act.actor_for(id)),
-            Ok(None) => Err(Problem::new(ErrorCode::AgentNotFound, format!("agent {id} does not exist")).for_agent(id.as_str())),
+            Ok(None) => {
+                Err(Problem::new(ErrorCode::AgentNotFound, format!("agent {id} does not exist")).for_agent(id.as_str()))
+            }
             Err(e) => Err(Problem::from(e).for_agent(id.as_str())),
         }))
     }
@@ -238,7 +245,9 @@ impl Handler<LoadAgents> for RegistryActor {
                         act.actor_for(id);
                         created += 1;
                     }
-                    Err(e) => tracing::warn!(agent.id = %raw, error = %e, "agent id in the database is not supervisable"),
+                    Err(e) => {
+                        tracing::warn!(agent.id = %raw, error = %e, "agent id in the database is not supervisable")
+                    }
                 }
             }
             Ok(created)

@@ -8,7 +8,10 @@ use serde_json::json;
 
 use super::{Deps, RegistryActor};
 use crate::{
-    db::{models::{AgentRow, NewAgentEvent}, queries},
+    db::{
+        models::{AgentRow, NewAgentEvent},
+        queries,
+    },
     domain::AgentId,
     error::{ErrorCode, Problem},
 };
@@ -72,7 +75,10 @@ async fn sync(deps: Deps, msg: SyncAgentRegistry) -> Result<SyncAgentRegistryRes
     let rpc = if pairs.is_empty() {
         Ok(())
     } else {
-        deps.rpc.sync_kernel_registry(&agent.addr, agent.public_key.as_deref(), &pairs, id.as_str()).await.map_err(Problem::from)
+        deps.rpc
+            .sync_kernel_registry(&agent.addr, agent.public_key.as_deref(), &pairs, id.as_str())
+            .await
+            .map_err(Problem::from)
     };
     let (outcome, status, detail) = match &rpc {
         Ok(()) => ("succeeded", 200, json!({"kernels_sent": pairs.len(), "warnings": warnings})),
@@ -95,6 +101,9 @@ async fn sync(deps: Deps, msg: SyncAgentRegistry) -> Result<SyncAgentRegistryRes
     }
     rpc.map_err(for_agent)?;
     // The row as it is after the sync.
-    let agent = async { queries::find_agent(&mut *deps.db.conn().await?, id.as_str()).await }.await.map_err(|e| for_agent(e.into()))?.unwrap_or(agent);
+    let agent = async { queries::find_agent(&mut *deps.db.conn().await?, id.as_str()).await }
+        .await
+        .map_err(|e| for_agent(e.into()))?
+        .unwrap_or(agent);
     Ok(SyncAgentRegistryResult { agent, kernels_sent: pairs.len(), rpc_sent: !pairs.is_empty(), warnings })
 }

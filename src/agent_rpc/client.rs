@@ -169,7 +169,8 @@ impl AgentRpc {
 
     /// Hands a job to the connection's worker, starting one if there is none (or the old one has ended).
     fn submit(&self, key: ConnKey, job: Job) -> Result<(), RpcError> {
-        let mut conns = self.inner.conns.lock().map_err(|_| RpcError::Unavailable("connection table poisoned".into()))?;
+        let mut conns =
+            self.inner.conns.lock().map_err(|_| RpcError::Unavailable("connection table poisoned".into()))?;
         let job = match conns.get(&key) {
             Some(conn) => match conn.jobs.send(job) {
                 Ok(()) => {
@@ -182,7 +183,9 @@ impl AgentRpc {
             None => job,
         };
         let conn = self.spawn_worker(&key)?;
-        conn.jobs.send(job).map_err(|_| RpcError::Unavailable(format!("the RPC connection to {} stopped", key.addr)))?;
+        conn.jobs
+            .send(job)
+            .map_err(|_| RpcError::Unavailable(format!("the RPC connection to {} stopped", key.addr)))?;
         let _ = (&conn.wake).write(&[1]);
         conns.insert(key, conn);
         Ok(())
@@ -442,7 +445,9 @@ impl Worker {
         self.probes = self.probes.wrapping_add(1);
         // Callosum echoes the two frames; a counter tells this PONG from one to an earlier, abandoned probe.
         let token = self.probes.to_be_bytes();
-        socket.send_multipart([codec::PING, &token, b""], zmq::DONTWAIT).map_err(|e| unavailable("cannot send a PING to", e))?;
+        socket
+            .send_multipart([codec::PING, &token, b""], zmq::DONTWAIT)
+            .map_err(|e| unavailable("cannot send a PING to", e))?;
         let deadline = Instant::now() + self.connect_bound;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -563,7 +568,9 @@ mod tests {
         for ok in ["tcp://127.0.0.1:6001", "tcp://agent-1.example:6001", "tcp://[::1]:6001"] {
             assert!(validate_addr(ok).is_ok(), "{ok}");
         }
-        for bad in ["127.0.0.1:6001", "tcp://127.0.0.1", "tcp://:6001", "tcp://h:0", "tcp://h:x", "ipc:///tmp/s", "tcp://*:1"] {
+        for bad in
+            ["127.0.0.1:6001", "tcp://127.0.0.1", "tcp://:6001", "tcp://h:0", "tcp://h:x", "ipc:///tmp/s", "tcp://*:1"]
+        {
             let e = validate_addr(bad).unwrap_err();
             assert!(matches!(e, RpcError::Config(ref m) if m.contains("tcp://HOST:PORT")), "{bad}: {e}");
         }

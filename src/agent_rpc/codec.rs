@@ -192,7 +192,9 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, CodecError> {
     let msgtype = MsgType::from_u64(raw_type).ok_or_else(|| err(format!("header: unknown message type {raw_type}")))?;
     let meth = field("meth")?.as_str().ok_or_else(|| err("header: \"meth\" is not a string"))?.to_owned();
     let okey = match field("okey")? {
-        rmpv::Value::String(s) => OrderKey::Str(s.as_str().ok_or_else(|| err("header: \"okey\" is not UTF-8"))?.to_owned()),
+        rmpv::Value::String(s) => {
+            OrderKey::Str(s.as_str().ok_or_else(|| err("header: \"okey\" is not UTF-8"))?.to_owned())
+        }
         rmpv::Value::Binary(b) => OrderKey::Bin(b.clone()),
         other => return Err(err(format!("header: \"okey\" is {other}, expected str or bin"))),
     };
@@ -294,7 +296,9 @@ pub fn decode_request(header: Header, body: &[u8]) -> Result<Request, CodecError
     let kwargs = match map_get(map, "kwargs") {
         Some(rmpv::Value::Map(m)) => m
             .iter()
-            .map(|(k, v)| k.as_str().map(|k| (k.to_owned(), v.clone())).ok_or_else(|| err("call: non-string kwarg name")))
+            .map(|(k, v)| {
+                k.as_str().map(|k| (k.to_owned(), v.clone())).ok_or_else(|| err("call: non-string kwarg name"))
+            })
             .collect::<Result<_, _>>()?,
         _ => return Err(err("call: \"kwargs\" missing or not a map")),
     };
@@ -324,10 +328,19 @@ mod tests {
 
     #[test]
     fn error_reply_round_trips() {
-        let req = Header { msgtype: MsgType::Function, meth: "m".into(), okey: OrderKey::Str(String::new()), seq: 7, zip: false };
+        let req = Header {
+            msgtype: MsgType::Function,
+            meth: "m".into(),
+            okey: OrderKey::Str(String::new()),
+            seq: 7,
+            zip: false,
+        };
         let [h, b] = encode_error(MsgType::Error, &req, "KeyError", "KeyError('x')", "tb").unwrap();
         let h = decode_header(&h).unwrap();
         assert_eq!(h.seq, 7);
-        assert_eq!(decode_reply(&h, &b).unwrap(), Reply::Error { name: "KeyError".into(), repr: "KeyError('x')".into() });
+        assert_eq!(
+            decode_reply(&h, &b).unwrap(),
+            Reply::Error { name: "KeyError".into(), repr: "KeyError('x')".into() }
+        );
     }
 }

@@ -54,7 +54,10 @@ mod tests {
         let p = Problem::from(RpcError::Timeout(Duration::from_secs(30)));
         assert_eq!((p.code, p.status()), (ErrorCode::AgentRpcTimeout, 504));
         assert!(p.detail.contains("30000 ms"));
-        let p = Problem::from(RpcError::Failure { name: "AgentIdNotFoundError".into(), repr: "AgentIdNotFoundError('i-x')".into() });
+        let p = Problem::from(RpcError::Failure {
+            name: "AgentIdNotFoundError".into(),
+            repr: "AgentIdNotFoundError('i-x')".into(),
+        });
         assert_eq!((p.code, p.status()), (ErrorCode::AgentRpcFailed, 502));
         assert!(p.detail.contains("AgentIdNotFoundError"));
         assert_eq!(p.to_json()["remote_exception"], "AgentIdNotFoundError");

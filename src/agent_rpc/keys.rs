@@ -83,7 +83,9 @@ impl CurveKeyPair {
 /// Reads the public key of a ZeroMQ certificate file (public or secret one).
 pub fn load_public_key(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let public = parse_curve_section(&text).0.ok_or_else(|| format!("{}: no public-key in the curve section", path.display()))?;
+    let public = parse_curve_section(&text)
+        .0
+        .ok_or_else(|| format!("{}: no public-key in the curve section", path.display()))?;
     validate_z85_key(&public).map(str::to_owned).map_err(|e| format!("{}: public-key: {e}", path.display()))
 }
 
@@ -138,7 +140,8 @@ mod tests {
 
     #[test]
     fn a_public_certificate_is_not_a_key_pair() {
-        let public_only = PYZMQ_SECRET_CERT.lines().filter(|l| !l.contains("secret-key")).collect::<Vec<_>>().join("\n");
+        let public_only =
+            PYZMQ_SECRET_CERT.lines().filter(|l| !l.contains("secret-key")).collect::<Vec<_>>().join("\n");
         assert!(CurveKeyPair::parse_certificate(&public_only).unwrap_err().contains("secret-key"));
     }
 

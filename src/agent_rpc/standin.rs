@@ -52,7 +52,13 @@ pub struct StandinConfig {
 
 impl StandinConfig {
     pub fn new(listen: impl Into<String>, agent_id: impl Into<String>) -> Self {
-        Self { listen: listen.into(), agent_id: agent_id.into(), kernels: Vec::new(), reply_delay: Duration::ZERO, curve: None }
+        Self {
+            listen: listen.into(),
+            agent_id: agent_id.into(),
+            kernels: Vec::new(),
+            reply_delay: Duration::ZERO,
+            curve: None,
+        }
     }
 }
 
@@ -200,7 +206,9 @@ impl Server {
         let mut zap = None;
         if let Some(curve) = &cfg.curve {
             if !keys::curve_available() {
-                return Err(StandinError("CURVE requested but the linked libzmq was built without CURVE support".into()));
+                return Err(StandinError(
+                    "CURVE requested but the linked libzmq was built without CURVE support".into(),
+                ));
             }
             if let Some(allowed) = &curve.allowed_clients {
                 // libzmq consults the ZAP handler of the socket's own context, bound before the first handshake.
@@ -218,7 +226,8 @@ impl Server {
             Ok(Ok(endpoint)) => endpoint,
             _ => return Err(StandinError("cannot read the bound address".into())),
         };
-        let state = State { registry: cfg.kernels.iter().copied().collect(), calls: Vec::new(), delay: cfg.reply_delay };
+        let state =
+            State { registry: cfg.kernels.iter().copied().collect(), calls: Vec::new(), delay: cfg.reply_delay };
         Ok(Self {
             router,
             zap,
@@ -313,7 +322,8 @@ impl Server {
 
     fn send_due(&mut self) {
         let now = Instant::now();
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.delayed).into_iter().partition(|(t, _)| *t <= now);
+        let (due, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.delayed).into_iter().partition(|(t, _)| *t <= now);
         self.delayed = later;
         for (_, frames) in due {
             // Like Callosum's ROUTER (no ROUTER_MANDATORY), a reply to a vanished client is dropped.
@@ -327,9 +337,10 @@ impl Server {
             let name = format!("{:?}", header.meth);
             return Err((MsgType::Error, "KeyError".into(), format!("KeyError({name})")));
         }
-        let request =
-            codec::decode_request(header, body).map_err(|e| (MsgType::Error, "ValueError".into(), format!("ValueError({:?})", e.0)))?;
-        let agent_id = request.kwargs.iter().find(|(k, _)| k == "agent_id").and_then(|(_, v)| v.as_str()).map(str::to_owned);
+        let request = codec::decode_request(header, body)
+            .map_err(|e| (MsgType::Error, "ValueError".into(), format!("ValueError({:?})", e.0)))?;
+        let agent_id =
+            request.kwargs.iter().find(|(k, _)| k == "agent_id").and_then(|(_, v)| v.as_str()).map(str::to_owned);
         let pairs = request.args.first().and_then(raw_pairs);
         let mut call = StandinCall {
             agent_id: agent_id.clone(),
@@ -366,7 +377,8 @@ impl Server {
         {
             return Err(failure("AgentIdNotFoundError", format!("Agent {id} not found")));
         }
-        let pairs = pairs.ok_or_else(|| failure("TypeError", "expected a list of (kernel_id, session_id) pairs".into()))?;
+        let pairs =
+            pairs.ok_or_else(|| failure("TypeError", "expected a list of (kernel_id, session_id) pairs".into()))?;
         let mut requested = Vec::with_capacity(pairs.len());
         for (k, s) in &pairs {
             match (Uuid::parse_str(k), Uuid::parse_str(s)) {

@@ -49,7 +49,11 @@ impl Deref for Superadmin {
 fn header_str<'a>(req: &'a HttpRequest, name: &str) -> Result<Option<&'a str>, AuthError> {
     match req.headers().get(name) {
         None => Ok(None),
-        Some(v) => v.to_str().map(Some).map_err(|_| AuthError::Malformed(crate::auth::signing::SigningError::MalformedHeader("a signed header is not visible ASCII"))),
+        Some(v) => v.to_str().map(Some).map_err(|_| {
+            AuthError::Malformed(crate::auth::signing::SigningError::MalformedHeader(
+                "a signed header is not visible ASCII",
+            ))
+        }),
     }
 }
 
@@ -94,7 +98,9 @@ async fn verify(req: HttpRequest) -> Result<Requester, Problem> {
                 .map(|c| c.access_key.to_owned());
             match &e {
                 AuthError::Db(_) => {}
-                _ => tracing::info!(access_key = access_key.as_deref().unwrap_or("-"), reason = %e, "authentication failed"),
+                _ => {
+                    tracing::info!(access_key = access_key.as_deref().unwrap_or("-"), reason = %e, "authentication failed")
+                }
             }
             Err(e.into())
         }

@@ -27,7 +27,8 @@ fn limit_of(req: &HttpRequest) -> usize {
 }
 
 fn too_large(limit: usize) -> Problem {
-    Problem::new(ErrorCode::PayloadTooLarge, format!("the request body is larger than {limit} bytes")).with("limit_bytes", limit)
+    Problem::new(ErrorCode::PayloadTooLarge, format!("the request body is larger than {limit} bytes"))
+        .with("limit_bytes", limit)
 }
 
 /// The raw request body, read within the limit; every failure is a problem document.
@@ -57,7 +58,8 @@ pub async fn limit_declared_body(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
     let limit = limit_of(req.request());
-    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    let declared =
+        req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         let res = too_large(limit).error_response();
         return Ok(req.into_response(res).map_into_right_body());

@@ -64,7 +64,8 @@ pub struct StopRef {
 #[utoipa::path(get, path = "/", tag = "backend.ai", operation_id = "compat_version",
     responses((status = 200, description = "The API version the client negotiates from (unsigned)", body = VersionInfo)))]
 pub async fn version() -> HttpResponse {
-    HttpResponse::Ok().json(VersionInfo { version: API_VERSION, manager: concat!("agent-supervisor ", env!("CARGO_PKG_VERSION")) })
+    HttpResponse::Ok()
+        .json(VersionInfo { version: API_VERSION, manager: concat!("agent-supervisor ", env!("CARGO_PKG_VERSION")) })
 }
 
 /// Open, signed or not: the 23.09 manager does not require authentication here, and the client ignores failures.
@@ -96,7 +97,12 @@ pub async fn announcement() -> HttpResponse {
         (status = 504, response = super::openapi::WatcherTimeout),
     ),
     security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
-pub async fn watcher_status(_who: Superadmin, req: HttpRequest, body: Body, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+pub async fn watcher_status(
+    _who: Superadmin,
+    req: HttpRequest,
+    body: Body,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     let p = agent_params(&body.0, req.query_string(), false)?;
     let result = state.supervisor.get_watcher_status(GetWatcherStatusAction { agent_id: p.agent_id }).await?;
     Ok(HttpResponse::Ok().insert_header(actix_web::http::header::ContentType::json()).body(result.raw))
@@ -117,9 +123,17 @@ pub async fn watcher_status(_who: Superadmin, req: HttpRequest, body: Body, stat
         (status = 500, description = "`agent_start_failed` (with the watcher's reason) or `internal_error`", body = super::openapi::ProblemDocument, content_type = "application/problem+json"),
     ),
     security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
-pub async fn watcher_start(who: Superadmin, req: HttpRequest, body: Body, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+pub async fn watcher_start(
+    who: Superadmin,
+    req: HttpRequest,
+    body: Body,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     let p = agent_params(&body.0, req.query_string(), false)?;
-    let result = state.supervisor.watcher_agent_start(WatcherAgentStartAction { agent_id: p.agent_id, requester: who.0.name }).await?;
+    let result = state
+        .supervisor
+        .watcher_agent_start(WatcherAgentStartAction { agent_id: p.agent_id, requester: who.0.name })
+        .await?;
     Ok(HttpResponse::Ok().json(result.data))
 }
 
@@ -139,7 +153,12 @@ pub async fn watcher_start(who: Superadmin, req: HttpRequest, body: Body, state:
         (status = 500, description = "`agent_stop_failed` (with the watcher's reason) or `internal_error`", body = super::openapi::ProblemDocument, content_type = "application/problem+json"),
     ),
     security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
-pub async fn watcher_stop(who: Superadmin, req: HttpRequest, body: Body, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+pub async fn watcher_stop(
+    who: Superadmin,
+    req: HttpRequest,
+    body: Body,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     let p = agent_params(&body.0, req.query_string(), true)?;
     let action = WatcherAgentStopAction { agent_id: p.agent_id, force: p.force, requester: who.0.name };
     let result = state.supervisor.watcher_agent_stop(action).await?;
@@ -160,9 +179,17 @@ pub async fn watcher_stop(who: Superadmin, req: HttpRequest, body: Body, state: 
         (status = 500, description = "`agent_restart_failed` (with the watcher's reason) or `internal_error`", body = super::openapi::ProblemDocument, content_type = "application/problem+json"),
     ),
     security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
-pub async fn watcher_restart(who: Superadmin, req: HttpRequest, body: Body, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+pub async fn watcher_restart(
+    who: Superadmin,
+    req: HttpRequest,
+    body: Body,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     let p = agent_params(&body.0, req.query_string(), false)?;
-    let result = state.supervisor.watcher_agent_restart(WatcherAgentRestartAction { agent_id: p.agent_id, requester: who.0.name }).await?;
+    let result = state
+        .supervisor
+        .watcher_agent_restart(WatcherAgentRestartAction { agent_id: p.agent_id, requester: who.0.name })
+        .await?;
     Ok(HttpResponse::Ok().json(result.data))
 }
 
@@ -186,9 +213,17 @@ pub async fn watcher_restart(who: Superadmin, req: HttpRequest, body: Body, stat
         (status = 504, response = super::openapi::RpcTimeout),
     ),
     security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
-pub async fn sync_agent_registry(who: Authenticated, req: HttpRequest, body: Body, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+pub async fn sync_agent_registry(
+    who: Authenticated,
+    req: HttpRequest,
+    body: Body,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     let p = agent_params(&body.0, req.query_string(), false)?;
-    state.supervisor.sync_agent_registry(SyncAgentRegistryAction { agent_id: p.agent_id, requester: who.0.name }).await?;
+    state
+        .supervisor
+        .sync_agent_registry(SyncAgentRegistryAction { agent_id: p.agent_id, requester: who.0.name })
+        .await?;
     Ok(HttpResponse::Ok().json(Empty {}))
 }
 

@@ -54,7 +54,8 @@ pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
     let Some(token) = &state.metrics_token else {
         return Err(Problem::new(ErrorCode::NotFound, "metrics are not enabled on this address"));
     };
-    let given = req.headers().get("Authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let given =
+        req.headers().get("Authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     let ok = given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(token.expose().as_bytes())));
     if !ok {
         return Err(Problem::new(ErrorCode::AuthFailed, "metrics need Authorization: Bearer <metrics.token>"));

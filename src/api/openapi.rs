@@ -141,7 +141,9 @@ impl utoipa::IntoResponses for WatcherCommandErrors {
             ("504", "WatcherTimeout"),
         ]
         .into_iter()
-        .map(|(status, name)| (status.to_owned(), utoipa::openapi::RefOr::Ref(utoipa::openapi::Ref::from_response_name(name))))
+        .map(|(status, name)| {
+            (status.to_owned(), utoipa::openapi::RefOr::Ref(utoipa::openapi::Ref::from_response_name(name)))
+        })
         .collect()
     }
 }
@@ -162,10 +164,16 @@ non-superadmin keypair on a superadmin route: `403 forbidden`.";
 impl Modify for Security {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("backendai", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description("Authorization", SIGNING))));
+        components.add_security_scheme(
+            "backendai",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description("Authorization", SIGNING))),
+        );
         components.add_security_scheme(
             "backendai_date",
-            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description("Date", "The signing time (ISO 8601), part of the signature"))),
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Date",
+                "The signing time (ISO 8601), part of the signature",
+            ))),
         );
         components.add_security_scheme(
             "backendai_version",
@@ -176,7 +184,12 @@ impl Modify for Security {
         );
         components.add_security_scheme(
             "metrics_token",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("`metrics.token` from the configuration")).build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("`metrics.token` from the configuration"))
+                    .build(),
+            ),
         );
     }
 }
@@ -187,8 +200,12 @@ struct OptionalBodies;
 
 impl Modify for OptionalBodies {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::{RefOr, Required, schema::{Schema, Type}};
-        let is_null = |s: &RefOr<Schema>| matches!(s, RefOr::T(Schema::Object(o)) if o.schema_type == Type::Null.into());
+        use utoipa::openapi::{
+            RefOr, Required,
+            schema::{Schema, Type},
+        };
+        let is_null =
+            |s: &RefOr<Schema>| matches!(s, RefOr::T(Schema::Object(o)) if o.schema_type == Type::Null.into());
         for item in openapi.paths.paths.values_mut() {
             let ops = [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch];
             for body in ops.into_iter().flatten().filter_map(|op| op.request_body.as_mut()) {
@@ -258,7 +275,8 @@ impl Modify for OptionalBodies {
 pub struct ApiDoc;
 
 /// The document as served, built once.
-static DOCUMENT: LazyLock<Result<String, String>> = LazyLock::new(|| ApiDoc::openapi().to_json().map_err(|e| e.to_string()));
+static DOCUMENT: LazyLock<Result<String, String>> =
+    LazyLock::new(|| ApiDoc::openapi().to_json().map_err(|e| e.to_string()));
 
 /// This document (unsigned).
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "health", operation_id = "openapi",
@@ -266,7 +284,9 @@ static DOCUMENT: LazyLock<Result<String, String>> = LazyLock::new(|| ApiDoc::ope
 pub async fn openapi_json() -> Result<HttpResponse, Problem> {
     match &*DOCUMENT {
         Ok(doc) => Ok(HttpResponse::Ok().insert_header(ContentType::json()).body(doc.clone())),
-        Err(e) => Err(Problem::new(ErrorCode::InternalError, format!("the OpenAPI document could not be rendered: {e}"))),
+        Err(e) => {
+            Err(Problem::new(ErrorCode::InternalError, format!("the OpenAPI document could not be rendered: {e}")))
+        }
     }
 }
 
@@ -285,7 +305,12 @@ mod tests {
         for key in p.to_json().as_object().unwrap().keys() {
             assert!(props.contains_key(key), "{key} is not in the schema");
         }
-        let codes: Vec<&str> = doc["components"]["schemas"]["ErrorCode"]["enum"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
+        let codes: Vec<&str> = doc["components"]["schemas"]["ErrorCode"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
         let all: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
         assert_eq!(codes, all);
     }

@@ -53,7 +53,8 @@ pub fn force_from_query(query: &str) -> Result<bool, Problem> {
 pub fn agent_params(body: &[u8], query: &str, allow_force: bool) -> Result<AgentParams, Problem> {
     let allowed: &[&str] = if allow_force { &["agent_id", "agent", "force"] } else { &["agent_id", "agent"] };
     if body.iter().any(|b| !b.is_ascii_whitespace()) {
-        let value: Value = serde_json::from_slice(body).map_err(|e| Problem::invalid_field("body", format!("malformed JSON: {e}")))?;
+        let value: Value =
+            serde_json::from_slice(body).map_err(|e| Problem::invalid_field("body", format!("malformed JSON: {e}")))?;
         let Value::Object(map) = value else {
             return Err(Problem::invalid_field("body", "must be a JSON object"));
         };
@@ -120,7 +121,10 @@ mod tests {
         assert_eq!(field_of(agent_params(br#"{"agent_id": "a", "force": "yes"}"#, "", true).unwrap_err()), "force");
         assert_eq!(field_of(agent_params(b"", "agent_id=a&agent_id=b", false).unwrap_err()), "agent_id");
         assert_eq!(field_of(agent_params(b"", "", false).unwrap_err()), "agent_id");
-        assert_eq!(field_of(agent_params(b"", &format!("agent_id={}", "x".repeat(65)), false).unwrap_err()), "agent_id");
+        assert_eq!(
+            field_of(agent_params(b"", &format!("agent_id={}", "x".repeat(65)), false).unwrap_err()),
+            "agent_id"
+        );
         assert_eq!(field_of(force_from_query("force=maybe").unwrap_err()), "force");
     }
 }

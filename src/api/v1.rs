@@ -8,9 +8,8 @@ use utoipa::ToSchema;
 use super::{
     AppState, Authenticated, Superadmin,
     openapi::{
-        AgentNotFound, BadRequest, Forbidden, InternalError, ProblemDocument, RpcBadGateway,
-        RpcTimeout, Unauthorized, Unavailable, WatcherBadGateway, WatcherForbidden, WatcherReport, WatcherTimeout,
-        WatcherUnauthorized,
+        AgentNotFound, BadRequest, Forbidden, InternalError, ProblemDocument, RpcBadGateway, RpcTimeout, Unauthorized,
+        Unavailable, WatcherBadGateway, WatcherForbidden, WatcherReport, WatcherTimeout, WatcherUnauthorized,
     },
     params::{force_from_query, parse_agent_id, parse_bool, query_pairs},
 };
@@ -20,8 +19,8 @@ use crate::{
     domain::AgentId,
     error::Problem,
     service::{
-        AgentListing, GetWatcherStatusAction, RecalculateUsageAction, SyncAgentRegistryAction, WatcherAgentRestartAction,
-        WatcherAgentStartAction, WatcherAgentStopAction, WatcherCommandActionResult,
+        AgentListing, GetWatcherStatusAction, RecalculateUsageAction, SyncAgentRegistryAction,
+        WatcherAgentRestartAction, WatcherAgentStartAction, WatcherAgentStopAction, WatcherCommandActionResult,
     },
     watcher::client::WatcherCommand,
 };
@@ -97,14 +96,22 @@ pub async fn whoami(who: Authenticated) -> HttpResponse {
         (status = 503, response = Unavailable),
     ),
     security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
-pub async fn list_agents(_who: Superadmin, req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+pub async fn list_agents(
+    _who: Superadmin,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     let pairs = query_pairs(req.query_string(), &["scaling_group", "refresh"])?;
     let sg = pairs.iter().find(|(k, _)| k == "scaling_group").map(|(_, v)| v.as_str());
     let refresh = match pairs.iter().find(|(k, _)| k == "refresh") {
         Some((_, v)) => parse_bool("refresh", v)?,
         None => false,
     };
-    let agents = if refresh { state.supervisor.list_agents_refreshed(sg).await? } else { state.supervisor.list_agents(sg).await? };
+    let agents = if refresh {
+        state.supervisor.list_agents_refreshed(sg).await?
+    } else {
+        state.supervisor.list_agents(sg).await?
+    };
     Ok(HttpResponse::Ok().json(AgentList { agents }))
 }
 
@@ -122,15 +129,30 @@ pub async fn list_agents(_who: Superadmin, req: HttpRequest, state: web::Data<Ap
         (status = 504, response = WatcherTimeout),
     ),
     security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
-pub async fn watcher_status(_who: Superadmin, req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+pub async fn watcher_status(
+    _who: Superadmin,
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     query_pairs(req.query_string(), &[])?;
     let agent_id = parse_agent_id("agent_id", &path)?;
     let r = state.supervisor.get_watcher_status(GetWatcherStatusAction { agent_id }).await?;
-    Ok(HttpResponse::Ok().json(WatcherStatusReply { agent_id: r.agent_id, watcher: Value::clone(&r.data), latency_ms: r.latency_ms }))
+    Ok(HttpResponse::Ok().json(WatcherStatusReply {
+        agent_id: r.agent_id,
+        watcher: Value::clone(&r.data),
+        latency_ms: r.latency_ms,
+    }))
 }
 
 fn command_reply(r: WatcherCommandActionResult) -> HttpResponse {
-    HttpResponse::Ok().json(CommandReply { agent_id: r.agent_id, command: r.command, result: r.data, event_id: r.event_id, elapsed_ms: r.elapsed_ms })
+    HttpResponse::Ok().json(CommandReply {
+        agent_id: r.agent_id,
+        command: r.command,
+        result: r.data,
+        event_id: r.event_id,
+        elapsed_ms: r.elapsed_ms,
+    })
 }
 
 #[utoipa::path(post, path = "/v1/agents/{id}/start", tag = "v1", operation_id = "agent_start",
@@ -142,10 +164,17 @@ fn command_reply(r: WatcherCommandActionResult) -> HttpResponse {
         (status = 500, description = "`agent_start_failed` (with the watcher's reason) or `internal_error`", body = ProblemDocument, content_type = "application/problem+json"),
     ),
     security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
-pub async fn start(who: Superadmin, req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+pub async fn start(
+    who: Superadmin,
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     query_pairs(req.query_string(), &[])?;
     let agent_id = parse_agent_id("agent_id", &path)?;
-    Ok(command_reply(state.supervisor.watcher_agent_start(WatcherAgentStartAction { agent_id, requester: who.0.name }).await?))
+    Ok(command_reply(
+        state.supervisor.watcher_agent_start(WatcherAgentStartAction { agent_id, requester: who.0.name }).await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/agents/{id}/stop", tag = "v1", operation_id = "agent_stop",
@@ -160,10 +189,17 @@ pub async fn start(who: Superadmin, req: HttpRequest, path: web::Path<String>, s
         (status = 500, description = "`agent_stop_failed` (with the watcher's reason) or `internal_error`", body = ProblemDocument, content_type = "application/problem+json"),
     ),
     security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
-pub async fn stop(who: Superadmin, req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+pub async fn stop(
+    who: Superadmin,
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     let force = force_from_query(req.query_string())?;
     let agent_id = parse_agent_id("agent_id", &path)?;
-    Ok(command_reply(state.supervisor.watcher_agent_stop(WatcherAgentStopAction { agent_id, force, requester: who.0.name }).await?))
+    Ok(command_reply(
+        state.supervisor.watcher_agent_stop(WatcherAgentStopAction { agent_id, force, requester: who.0.name }).await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/agents/{id}/restart", tag = "v1", operation_id = "agent_restart",
@@ -174,10 +210,17 @@ pub async fn stop(who: Superadmin, req: HttpRequest, path: web::Path<String>, st
         (status = 500, description = "`agent_restart_failed` (with the watcher's reason) or `internal_error`", body = ProblemDocument, content_type = "application/problem+json"),
     ),
     security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
-pub async fn restart(who: Superadmin, req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+pub async fn restart(
+    who: Superadmin,
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     query_pairs(req.query_string(), &[])?;
     let agent_id = parse_agent_id("agent_id", &path)?;
-    Ok(command_reply(state.supervisor.watcher_agent_restart(WatcherAgentRestartAction { agent_id, requester: who.0.name }).await?))
+    Ok(command_reply(
+        state.supervisor.watcher_agent_restart(WatcherAgentRestartAction { agent_id, requester: who.0.name }).await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/agents/{id}/events", tag = "v1", operation_id = "agent_events",
@@ -195,7 +238,12 @@ pub async fn restart(who: Superadmin, req: HttpRequest, path: web::Path<String>,
         (status = 503, response = Unavailable),
     ),
     security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
-pub async fn events(_who: Superadmin, req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+pub async fn events(
+    _who: Superadmin,
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     let pairs = query_pairs(req.query_string(), &["limit"])?;
     let limit = match pairs.iter().find(|(k, _)| k == "limit") {
         Some((_, v)) => v
@@ -225,7 +273,12 @@ pub async fn events(_who: Superadmin, req: HttpRequest, path: web::Path<String>,
         (status = 504, response = RpcTimeout),
     ),
     security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
-pub async fn sync(who: Authenticated, req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+pub async fn sync(
+    who: Authenticated,
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     query_pairs(req.query_string(), &[])?;
     let agent_id = parse_agent_id("agent_id", &path)?;
     let r = state.supervisor.sync_agent_registry(SyncAgentRegistryAction { agent_id, requester: who.0.name }).await?;
@@ -245,8 +298,13 @@ pub async fn sync(who: Authenticated, req: HttpRequest, path: web::Path<String>,
         (status = 503, response = Unavailable),
     ),
     security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
-pub async fn recalculate(who: Superadmin, req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+pub async fn recalculate(
+    who: Superadmin,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     query_pairs(req.query_string(), &[])?;
-    let r: RecalculateUsageResult = state.supervisor.recalculate_usage(RecalculateUsageAction { requester: who.0.name }).await?;
+    let r: RecalculateUsageResult =
+        state.supervisor.recalculate_usage(RecalculateUsageAction { requester: who.0.name }).await?;
     Ok(HttpResponse::Ok().json(r))
 }

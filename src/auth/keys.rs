@@ -25,7 +25,10 @@ fn random_string(alphabet: &[u8], len: usize) -> String {
 
 pub fn generate_keypair() -> GeneratedKeypair {
     GeneratedKeypair {
-        access_key: format!("{ACCESS_KEY_PREFIX}{}", random_string(UPPER_ALNUM, ACCESS_KEY_LEN - ACCESS_KEY_PREFIX.len())),
+        access_key: format!(
+            "{ACCESS_KEY_PREFIX}{}",
+            random_string(UPPER_ALNUM, ACCESS_KEY_LEN - ACCESS_KEY_PREFIX.len())
+        ),
         secret_key: Secret::new(random_string(BASE64, SECRET_KEY_LEN)),
     }
 }

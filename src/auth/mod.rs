@@ -82,13 +82,17 @@ pub enum AuthError {
 impl From<AuthError> for Problem {
     fn from(e: AuthError) -> Self {
         match e {
-            AuthError::MissingVersion => Problem::invalid_field("X-BackendAI-Version", "the header is required on signed requests"),
+            AuthError::MissingVersion => {
+                Problem::invalid_field("X-BackendAI-Version", "the header is required on signed requests")
+            }
             AuthError::Db(db) => db.into(),
             AuthError::MissingAuthorization => Problem::new(
                 ErrorCode::AuthFailed,
                 "Authorization header required: sign the request with an access key (BackendAI signMethod=HMAC-SHA256)",
             ),
-            AuthError::Malformed(m @ SigningError::BadDate(_)) => Problem::new(ErrorCode::AuthFailed, format!("Date/time sync error: {m}")),
+            AuthError::Malformed(m @ SigningError::BadDate(_)) => {
+                Problem::new(ErrorCode::AuthFailed, format!("Date/time sync error: {m}"))
+            }
             AuthError::Malformed(m) => Problem::new(ErrorCode::AuthFailed, m.to_string()),
             AuthError::MissingHost => Problem::new(ErrorCode::AuthFailed, e.to_string()),
             // Backend.AI answers these with 400 "Date/time sync error"; they are credential problems, so 401 here.
@@ -96,7 +100,9 @@ impl From<AuthError> for Problem {
                 Problem::new(ErrorCode::AuthFailed, format!("Date/time sync error: {e}"))
             }
             // An inactive key is reported like an unknown one (as Backend.AI does).
-            AuthError::UnknownKey | AuthError::InactiveKey => Problem::new(ErrorCode::AuthFailed, "Access key not found"),
+            AuthError::UnknownKey | AuthError::InactiveKey => {
+                Problem::new(ErrorCode::AuthFailed, "Access key not found")
+            }
             AuthError::SignatureMismatch => Problem::new(ErrorCode::AuthFailed, "Signature mismatch"),
         }
     }
@@ -151,7 +157,12 @@ struct Inner {
 impl Authenticator {
     /// `clock_skew_s`: how far a request's `Date` may be from the server's clock, either way.
     pub fn new(db: Db, clock_skew_s: u64) -> Self {
-        let inner = Inner { db, clock_skew_s, cache: Mutex::new(HashMap::new()), last_used_written: Mutex::new(HashMap::new()) };
+        let inner = Inner {
+            db,
+            clock_skew_s,
+            cache: Mutex::new(HashMap::new()),
+            last_used_written: Mutex::new(HashMap::new()),
+        };
         Self { inner: Arc::new(inner) }
     }
 
@@ -170,7 +181,14 @@ impl Authenticator {
 
         let key = self.lookup(credential.access_key).await?.ok_or(AuthError::UnknownKey)?;
         let content_type = signing::normalize_content_type(req.content_type);
-        let input = SigningInput { method: req.method, rel_url: req.rel_url, date: raw_date, host, content_type: &content_type, api_version };
+        let input = SigningInput {
+            method: req.method,
+            rel_url: req.rel_url,
+            date: raw_date,
+            host,
+            content_type: &content_type,
+            api_version,
+        };
         if !key.prepared(&signing::signing_day(&date), host).verify(&input, credential.signature) {
             return Err(AuthError::SignatureMismatch);
         }
@@ -179,7 +197,11 @@ impl Authenticator {
             return Err(AuthError::InactiveKey);
         }
         self.note_used(credential.access_key, now);
-        Ok(Identity { access_key: credential.access_key.to_owned(), is_superadmin: key.is_superadmin, user_id: key.user_id.clone() })
+        Ok(Identity {
+            access_key: credential.access_key.to_owned(),
+            is_superadmin: key.is_superadmin,
+            user_id: key.user_id.clone(),
+        })
     }
 
     async fn lookup(&self, access_key: &str) -> Result<Option<Arc<StoredKey>>, AuthError> {
@@ -190,7 +212,12 @@ impl Authenticator {
         let found = async { keypairs::find_keypair(&mut *self.inner.db.conn().await?, access_key).await }.await;
         match found {
             Ok(Some(row)) => {
-                let key = Arc::new(StoredKey::new(Secret::new(row.secret_key), row.is_active, row.is_superadmin, row.user_id));
+                let key = Arc::new(StoredKey::new(
+                    Secret::new(row.secret_key),
+                    row.is_active,
+                    row.is_superadmin,
+                    row.user_id,
+                ));
                 if let Ok(mut cache) = self.inner.cache.lock() {
                     cache.insert(access_key.to_owned(), Cached { key: key.clone(), fetched: Instant::now() });
                 }

@@ -71,7 +71,8 @@ pub struct Credential<'a> {
 
 fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
     // HMAC accepts keys of any length, so this never fails.
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    let mut mac =
+        <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
     mac.update(msg);
     mac.finalize().into_bytes().into()
 }
@@ -101,7 +102,10 @@ impl PreparedKey {
 
     /// For `secret_key`, the day `YYYYMMDD` ([`signing_day`]) and `host`.
     pub fn new(secret_key: &str, day: &str, host: &str) -> Self {
-        Self(<HmacSha256 as Mac>::new_from_slice(&derive_key(secret_key, day, host)).unwrap_or_else(|_| unreachable!("HMAC takes any key length")))
+        Self(
+            <HmacSha256 as Mac>::new_from_slice(&derive_key(secret_key, day, host))
+                .unwrap_or_else(|_| unreachable!("HMAC takes any key length")),
+        )
     }
 
     /// The raw signature of `input`; the signing string is fed to the HMAC piece by piece, never built.
@@ -112,7 +116,15 @@ impl PreparedKey {
         } else {
             mac.update(input.method.as_bytes());
         }
-        for piece in [b"\n", input.rel_url.as_bytes(), b"\n", input.date.as_bytes(), b"\nhost:", input.host.as_bytes(), b"\ncontent-type:"] {
+        for piece in [
+            b"\n",
+            input.rel_url.as_bytes(),
+            b"\n",
+            input.date.as_bytes(),
+            b"\nhost:",
+            input.host.as_bytes(),
+            b"\ncontent-type:",
+        ] {
             mac.update(piece);
         }
         if input.content_type.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -173,8 +185,10 @@ pub fn parse_authorization(header: &str) -> Result<Credential<'_>, SigningError>
     if !method.eq_ignore_ascii_case(SIGN_METHOD) {
         return Err(SigningError::UnsupportedSignMethod);
     }
-    let (access_key, signature) =
-        credential.ok_or(SigningError::MalformedHeader("no credential"))?.split_once(':').ok_or(SigningError::MalformedHeader("credential is not <access key>:<signature>"))?;
+    let (access_key, signature) = credential
+        .ok_or(SigningError::MalformedHeader("no credential"))?
+        .split_once(':')
+        .ok_or(SigningError::MalformedHeader("credential is not <access key>:<signature>"))?;
     if access_key.is_empty() || signature.is_empty() {
         return Err(SigningError::MalformedHeader("empty access key or signature"));
     }
@@ -243,7 +257,12 @@ pub struct OutgoingRequest<'a> {
 
 /// Client side: the `Date` and `Authorization` headers for `req` made at `now`. The caller must send the `Host`,
 /// `Content-Type` and `X-BackendAI-Version` headers exactly as given in `req`.
-pub fn sign_request(access_key: &str, secret_key: &str, req: &OutgoingRequest<'_>, now: DateTime<Utc>) -> SignedHeaders {
+pub fn sign_request(
+    access_key: &str,
+    secret_key: &str,
+    req: &OutgoingRequest<'_>,
+    now: DateTime<Utc>,
+) -> SignedHeaders {
     let date = format_date(now);
     let input = SigningInput {
         method: req.method,
@@ -306,7 +325,10 @@ mod tests {
         let k_date = hmac(SK.as_bytes(), b"20261127");
         assert_eq!(hex::encode(k_date), "0d90a4b750b429e0a923fc0f8bd851e6a79640dc4e83f4baf2d2cc7827bde1a9");
         let date = parse_date(i.date).unwrap();
-        assert_eq!(hex::encode(signing_key(SK, &date, HOST)), "9c18fda17824c7eaf5b8af85a38c531b6d5d28ef1d7cf2ae2cd825971ae7a197");
+        assert_eq!(
+            hex::encode(signing_key(SK, &date, HOST)),
+            "9c18fda17824c7eaf5b8af85a38c531b6d5d28ef1d7cf2ae2cd825971ae7a197"
+        );
         let sig = sign(SK, &i).unwrap();
         assert_eq!(sig, "697466c95cb976f318f8c9823607c5096e3d846c8276c2ba1174d2461927c87c");
         assert_eq!(
@@ -318,18 +340,90 @@ mod tests {
 
     /// Reference §5.2, all 12 rows.
     const GOLDEN: [(&str, &str, &str, &str, &str); 12] = [
-        ("GET", "/manager/announcement", "2026-11-27T12:18:33.810612+00:00", "text/plain", "3f92c35c95abcd0c84fab9aa629f3497fabf22d0266c8aeb0eb25393ee7545d9"),
-        ("GET", "/resource/watcher", "2026-11-27T12:18:33.853035+00:00", "application/json", "da7da47fb97ae02c5030724cdd1743a7ad75a1dd5e91593e12a3a89b74f17116"),
-        ("GET", "/manager/announcement", "2026-11-27T12:18:34.609182+00:00", "text/plain", "7cbb74e778b1043d45d574ddff212414dfa2487c81c23042dee42d3a7dc40636"),
-        ("POST", "/resource/watcher/agent/start", "2026-11-27T12:18:34.656707+00:00", "application/json", "d9866e4b36900cbc6d1beba451bcd37294a5638865af6ed9b2dea838dd19569f"),
-        ("GET", "/manager/announcement", "2026-11-27T12:18:35.454458+00:00", "text/plain", "4f1aa4be26c70353cebf29ed27e1c86bf1c55f12948de6e302316d320f800be0"),
-        ("POST", "/resource/watcher/agent/stop", "2026-11-27T12:18:35.496784+00:00", "application/json", "9ce0a0f82f7df95b39f3d56b5bef7e2817053a97bcae97f06e76efec2462f131"),
-        ("GET", "/manager/announcement", "2026-11-27T12:18:36.233812+00:00", "text/plain", "c168aef63e894bc64dae3f748b03c1c38c3505dd09fdc7ca330884e6d89bca98"),
-        ("POST", "/resource/watcher/agent/restart", "2026-11-27T12:18:36.276869+00:00", "application/json", "157553114f2c6a2041ba85e99f477b9f431230bad7df16a9383a2b745db7d77d"),
-        ("POST", "/resource/recalculate-usage", "2026-11-27T12:18:37.025313+00:00", "text/plain", "697466c95cb976f318f8c9823607c5096e3d846c8276c2ba1174d2461927c87c"),
-        ("GET", "/resource/watcher?agent_id=i-agent-001", "2026-11-27T12:30:22.658021+00:00", "text/plain", "f72cde59f9c9af891fec8f747b26928cdbfef75bb1249add8a2a1906b616fe40"),
-        ("GET", "/resource/watcher?agent_id=i+agent/%C3%A9%2B1", "2026-11-27T12:30:22.700554+00:00", "text/plain", "809aaebf8e56f37109c13d42dbdfee98c2b74b10e0645ef8d00a96a21b8270b8"),
-        ("POST", "/resource/recalculate-usage", "2026-11-27T12:00:00+00:00", "text/plain", "a4f0e8c5312422a94bb4dd5363c91bc9c4c71e1660fc3633290a36a9718b5c48"),
+        (
+            "GET",
+            "/manager/announcement",
+            "2026-11-27T12:18:33.810612+00:00",
+            "text/plain",
+            "3f92c35c95abcd0c84fab9aa629f3497fabf22d0266c8aeb0eb25393ee7545d9",
+        ),
+        (
+            "GET",
+            "/resource/watcher",
+            "2026-11-27T12:18:33.853035+00:00",
+            "application/json",
+            "da7da47fb97ae02c5030724cdd1743a7ad75a1dd5e91593e12a3a89b74f17116",
+        ),
+        (
+            "GET",
+            "/manager/announcement",
+            "2026-11-27T12:18:34.609182+00:00",
+            "text/plain",
+            "7cbb74e778b1043d45d574ddff212414dfa2487c81c23042dee42d3a7dc40636",
+        ),
+        (
+            "POST",
+            "/resource/watcher/agent/start",
+            "2026-11-27T12:18:34.656707+00:00",
+            "application/json",
+            "d9866e4b36900cbc6d1beba451bcd37294a5638865af6ed9b2dea838dd19569f",
+        ),
+        (
+            "GET",
+            "/manager/announcement",
+            "2026-11-27T12:18:35.454458+00:00",
+            "text/plain",
+            "4f1aa4be26c70353cebf29ed27e1c86bf1c55f12948de6e302316d320f800be0",
+        ),
+        (
+            "POST",
+            "/resource/watcher/agent/stop",
+            "2026-11-27T12:18:35.496784+00:00",
+            "application/json",
+            "9ce0a0f82f7df95b39f3d56b5bef7e2817053a97bcae97f06e76efec2462f131",
+        ),
+        (
+            "GET",
+            "/manager/announcement",
+            "2026-11-27T12:18:36.233812+00:00",
+            "text/plain",
+            "c168aef63e894bc64dae3f748b03c1c38c3505dd09fdc7ca330884e6d89bca98",
+        ),
+        (
+            "POST",
+            "/resource/watcher/agent/restart",
+            "2026-11-27T12:18:36.276869+00:00",
+            "application/json",
+            "157553114f2c6a2041ba85e99f477b9f431230bad7df16a9383a2b745db7d77d",
+        ),
+        (
+            "POST",
+            "/resource/recalculate-usage",
+            "2026-11-27T12:18:37.025313+00:00",
+            "text/plain",
+            "697466c95cb976f318f8c9823607c5096e3d846c8276c2ba1174d2461927c87c",
+        ),
+        (
+            "GET",
+            "/resource/watcher?agent_id=i-agent-001",
+            "2026-11-27T12:30:22.658021+00:00",
+            "text/plain",
+            "f72cde59f9c9af891fec8f747b26928cdbfef75bb1249add8a2a1906b616fe40",
+        ),
+        (
+            "GET",
+            "/resource/watcher?agent_id=i+agent/%C3%A9%2B1",
+            "2026-11-27T12:30:22.700554+00:00",
+            "text/plain",
+            "809aaebf8e56f37109c13d42dbdfee98c2b74b10e0645ef8d00a96a21b8270b8",
+        ),
+        (
+            "POST",
+            "/resource/recalculate-usage",
+            "2026-11-27T12:00:00+00:00",
+            "text/plain",
+            "a4f0e8c5312422a94bb4dd5363c91bc9c4c71e1660fc3633290a36a9718b5c48",
+        ),
     ];
 
     #[test]
@@ -361,14 +455,23 @@ mod tests {
     fn client_side_signing_reproduces_the_golden_vectors() {
         // Row 12 (zero microseconds: the short Date form) and row 9.
         let now = DateTime::parse_from_rfc3339("2026-11-27T12:00:00+00:00").unwrap().to_utc();
-        let req = OutgoingRequest { method: "POST", rel_url: "/resource/recalculate-usage", host: HOST, content_type: "text/plain", api_version: VERSION };
+        let req = OutgoingRequest {
+            method: "POST",
+            rel_url: "/resource/recalculate-usage",
+            host: HOST,
+            content_type: "text/plain",
+            api_version: VERSION,
+        };
         let h = sign_request(AK, SK, &req, now);
         assert_eq!(h.date, "2026-11-27T12:00:00+00:00");
         assert!(h.authorization.ends_with(":a4f0e8c5312422a94bb4dd5363c91bc9c4c71e1660fc3633290a36a9718b5c48"));
         let now = DateTime::parse_from_rfc3339("2026-11-27T12:18:37.025313+00:00").unwrap().to_utc();
         let h = sign_request(AK, SK, &OutgoingRequest { method: "post", ..req }, now);
         assert_eq!(h.date, "2026-11-27T12:18:37.025313+00:00");
-        assert_eq!(parse_authorization(&h.authorization).unwrap().signature, "697466c95cb976f318f8c9823607c5096e3d846c8276c2ba1174d2461927c87c");
+        assert_eq!(
+            parse_authorization(&h.authorization).unwrap().signature,
+            "697466c95cb976f318f8c9823607c5096e3d846c8276c2ba1174d2461927c87c"
+        );
         assert!(!format!("{h:?}").contains("697466"), "Debug hides the signature");
     }
 
@@ -376,7 +479,8 @@ mod tests {
     fn negative_vector_default_port_in_the_endpoint_does_not_verify() {
         // The client signed host:127.0.0.1:80 while aiohttp sent Host: 127.0.0.1.
         let date = "2026-11-27T12:18:37.025313+00:00";
-        let signed_by_client = SigningInput { host: "127.0.0.1:80", ..input("POST", "/resource/recalculate-usage", date, "text/plain") };
+        let signed_by_client =
+            SigningInput { host: "127.0.0.1:80", ..input("POST", "/resource/recalculate-usage", date, "text/plain") };
         let sig = sign(SK, &signed_by_client).unwrap();
         let as_received = SigningInput { host: "127.0.0.1", ..signed_by_client };
         assert!(!verify(SK, &as_received, &sig));
@@ -409,14 +513,32 @@ mod tests {
 
     #[test]
     fn authorization_header_parsing() {
-        let c = parse_authorization("BackendAI signMethod=HMAC-SHA256, credential=AKIAIOSFODNN7EXAMPLE:abcdef").unwrap();
+        let c =
+            parse_authorization("BackendAI signMethod=HMAC-SHA256, credential=AKIAIOSFODNN7EXAMPLE:abcdef").unwrap();
         assert_eq!((c.access_key, c.signature), ("AKIAIOSFODNN7EXAMPLE", "abcdef"));
         let c = parse_authorization("Sorna credential=AK12345678:ff,signMethod=hmac-sha256").unwrap();
         assert_eq!(c.access_key, "AK12345678");
         assert_eq!(parse_authorization("Bearer abc"), Err(SigningError::UnsupportedScheme));
-        assert_eq!(parse_authorization("BackendAI signMethod=HMAC-MD5, credential=a:b"), Err(SigningError::UnsupportedSignMethod));
-        for bad in ["", "BackendAI", "BackendAI signMethod=HMAC-SHA256", "BackendAI signMethod=HMAC-SHA256, credential=nocolon", "BackendAI credential", "BackendAI signMethod=HMAC-SHA256, credential=:sig", "BackendAI signMethod=HMAC-SHA256, credential=ak:"] {
-            assert!(matches!(parse_authorization(bad), Err(SigningError::MalformedHeader(_) | SigningError::UnsupportedScheme)), "{bad:?}");
+        assert_eq!(
+            parse_authorization("BackendAI signMethod=HMAC-MD5, credential=a:b"),
+            Err(SigningError::UnsupportedSignMethod)
+        );
+        for bad in [
+            "",
+            "BackendAI",
+            "BackendAI signMethod=HMAC-SHA256",
+            "BackendAI signMethod=HMAC-SHA256, credential=nocolon",
+            "BackendAI credential",
+            "BackendAI signMethod=HMAC-SHA256, credential=:sig",
+            "BackendAI signMethod=HMAC-SHA256, credential=ak:",
+        ] {
+            assert!(
+                matches!(
+                    parse_authorization(bad),
+                    Err(SigningError::MalformedHeader(_) | SigningError::UnsupportedScheme)
+                ),
+                "{bad:?}"
+            );
         }
     }
 

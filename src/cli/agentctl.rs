@@ -182,11 +182,12 @@ pub fn main() -> ExitCode {
 }
 
 fn settings(g: &GlobalArgs) -> Result<Settings, CtlError> {
-    let missing: Vec<&str> = [("BACKEND_ACCESS_KEY (--access-key)", &g.access_key), ("BACKEND_SECRET_KEY (--secret-key)", &g.secret_key)]
-        .into_iter()
-        .filter(|(_, v)| v.as_deref().is_none_or(|s| s.trim().is_empty()))
-        .map(|(name, _)| name)
-        .collect();
+    let missing: Vec<&str> =
+        [("BACKEND_ACCESS_KEY (--access-key)", &g.access_key), ("BACKEND_SECRET_KEY (--secret-key)", &g.secret_key)]
+            .into_iter()
+            .filter(|(_, v)| v.as_deref().is_none_or(|s| s.trim().is_empty()))
+            .map(|(name, _)| name)
+            .collect();
     if !missing.is_empty() {
         return Err(CtlError::Usage(format!(
             "no credentials: set {} (a keypair from `agent-supervisor keypair create --superadmin`)",
@@ -206,7 +207,8 @@ async fn run(client: &Client, command: Command, json_out: bool) -> Result<(), Ct
         Command::Agents { scaling_group } => agents(client, scaling_group.as_deref(), json_out).await,
         Command::Watcher(WatcherCommand::Status { agents }) => watcher_status(client, &agents, json_out).await,
         Command::Watcher(WatcherCommand::Start { agents, ensure }) => {
-            watcher_command(client, Verb::Start, &agents, CommandOpts { force: false, ensure: ensure.ensure }, json_out).await
+            watcher_command(client, Verb::Start, &agents, CommandOpts { force: false, ensure: ensure.ensure }, json_out)
+                .await
         }
         Command::Watcher(WatcherCommand::Stop { agents, force, ensure }) => {
             watcher_command(client, Verb::Stop, &agents, CommandOpts { force, ensure: ensure.ensure }, json_out).await
@@ -218,18 +220,27 @@ async fn run(client: &Client, command: Command, json_out: bool) -> Result<(), Ct
         Command::Recalculate => recalculate(client, json_out).await,
         Command::Events { agent, limit } => events(client, &agent, limit, json_out).await,
         Command::Start { bulk, ensure } => {
-            bulk::run(client, &plan(Verb::Start, bulk, CommandOpts { force: false, ensure: ensure.ensure }), json_out).await
+            bulk::run(client, &plan(Verb::Start, bulk, CommandOpts { force: false, ensure: ensure.ensure }), json_out)
+                .await
         }
         Command::Stop { bulk, ensure, force } => {
             bulk::run(client, &plan(Verb::Stop, bulk, CommandOpts { force, ensure: ensure.ensure }), json_out).await
         }
-        Command::Restart { bulk } => bulk::run(client, &plan(Verb::Restart, bulk, CommandOpts::default()), json_out).await,
+        Command::Restart { bulk } => {
+            bulk::run(client, &plan(Verb::Restart, bulk, CommandOpts::default()), json_out).await
+        }
         Command::Whoami => whoami(client, json_out).await,
     }
 }
 
 fn plan(verb: Verb, args: BulkArgs, opts: CommandOpts) -> BulkPlan {
-    BulkPlan { verb, scaling_group: args.scaling_group, max_parallel: usize::from(args.max_parallel), rolling: args.rolling, opts }
+    BulkPlan {
+        verb,
+        scaling_group: args.scaling_group,
+        max_parallel: usize::from(args.max_parallel),
+        rolling: args.rolling,
+        opts,
+    }
 }
 
 fn print_json(v: &Value) {
@@ -284,7 +295,14 @@ async fn agents(client: &Client, scaling_group: Option<&str>, json_out: bool) ->
             }
             None => "-".to_owned(),
         };
-        table.row(vec![str_of(a, "id").into(), str_of(a, "status").into(), str_of(a, "scaling_group").into(), state, seen, in_flight]);
+        table.row(vec![
+            str_of(a, "id").into(),
+            str_of(a, "status").into(),
+            str_of(a, "scaling_group").into(),
+            state,
+            seen,
+            in_flight,
+        ]);
     }
     print!("{}", table.render());
     if rows.is_empty() {
@@ -304,7 +322,11 @@ async fn watcher_status(client: &Client, agents: &[String], json_out: bool) -> R
                 } else {
                     let w = v.get("watcher").unwrap_or(&Value::Null);
                     let latency = v.get("latency_ms").and_then(Value::as_u64).map(duration_ms).unwrap_or_default();
-                    println!("{id}: {} (watcher {}, {latency})", str_of(w, "agent-status"), str_of(w, "watcher-status"));
+                    println!(
+                        "{id}: {} (watcher {}, {latency})",
+                        str_of(w, "agent-status"),
+                        str_of(w, "watcher-status")
+                    );
                 }
             }
             Err(e) => {
@@ -320,7 +342,13 @@ async fn watcher_status(client: &Client, agents: &[String], json_out: bool) -> R
 }
 
 /// `watcher start|stop|restart A B …`, one agent after the other, each outcome printed as it ends.
-async fn watcher_command(client: &Client, verb: Verb, agents: &[String], opts: CommandOpts, json_out: bool) -> Result<(), CtlError> {
+async fn watcher_command(
+    client: &Client,
+    verb: Verb,
+    agents: &[String],
+    opts: CommandOpts,
+    json_out: bool,
+) -> Result<(), CtlError> {
     let mut failed = 0;
     for id in agents {
         let outcome = commands::run(client, verb, id, opts).await;
@@ -361,7 +389,12 @@ async fn sync(client: &Client, agent: &str, json_out: bool) -> Result<(), CtlErr
     } else {
         println!("{agent}: no kernels to sync (no RPC sent)");
     }
-    println!("  status {}, scaling group {}, occupied {}", str_of(row, "status"), str_of(row, "scaling_group"), row.get("occupied_slots").map_or("-".into(), Value::to_string));
+    println!(
+        "  status {}, scaling group {}, occupied {}",
+        str_of(row, "status"),
+        str_of(row, "scaling_group"),
+        row.get("occupied_slots").map_or("-".into(), Value::to_string)
+    );
     for w in r.get("warnings").and_then(Value::as_array).into_iter().flatten() {
         println!("  warning: {}", w.as_str().unwrap_or_default());
     }
@@ -401,7 +434,10 @@ async fn recalculate(client: &Client, json_out: bool) -> Result<(), CtlError> {
 }
 
 async fn events(client: &Client, agent: &str, limit: u16, json_out: bool) -> Result<(), CtlError> {
-    let r = client.get(&format!("/v1/agents/{}/events?limit={limit}", encode(agent))).await.map_err(|e| fail(e, json_out))?;
+    let r = client
+        .get(&format!("/v1/agents/{}/events?limit={limit}", encode(agent)))
+        .await
+        .map_err(|e| fail(e, json_out))?;
     if json_out {
         print_json(&r);
         return Ok(());
@@ -419,7 +455,14 @@ async fn events(client: &Client, agent: &str, limit: u16, json_out: bool) -> Res
             _ => "-".to_owned(),
         };
         let http = e.get("http_status").and_then(Value::as_u64).map_or("-".to_owned(), |s| s.to_string());
-        table.row(vec![time, str_of(e, "action").into(), str_of(e, "requester").into(), str_of(e, "outcome").into(), http, duration]);
+        table.row(vec![
+            time,
+            str_of(e, "action").into(),
+            str_of(e, "requester").into(),
+            str_of(e, "outcome").into(),
+            http,
+            duration,
+        ]);
     }
     print!("{}", table.render());
     if rows.is_empty() {
@@ -434,7 +477,12 @@ async fn whoami(client: &Client, json_out: bool) -> Result<(), CtlError> {
         print_json(&r);
     } else {
         let admin = r.get("is_superadmin").and_then(Value::as_bool).unwrap_or(false);
-        println!("{} ({}) at {}", str_of(&r, "access_key"), if admin { "superadmin" } else { "not superadmin" }, client.endpoint());
+        println!(
+            "{} ({}) at {}",
+            str_of(&r, "access_key"),
+            if admin { "superadmin" } else { "not superadmin" },
+            client.endpoint()
+        );
     }
     Ok(())
 }

@@ -173,11 +173,14 @@ impl Tools {
                     .into(),
             )
         })?;
-        let etcd = which("etcd")
-            .ok_or_else(|| DevError::Missing("etcd not found on PATH (install the `etcd-server` package; scripts/dev does)".into()))?;
+        let etcd = which("etcd").ok_or_else(|| {
+            DevError::Missing("etcd not found on PATH (install the `etcd-server` package; scripts/dev does)".into())
+        })?;
         let as_root = running_as_root();
         if as_root && which("runuser").is_none() {
-            return Err(DevError::Missing("running as root needs `runuser` (util-linux) to run PostgreSQL as postgres".into()));
+            return Err(DevError::Missing(
+                "running as root needs `runuser` (util-linux) to run PostgreSQL as postgres".into(),
+            ));
         }
         Ok(Self { pg_bin, etcd, watcher, exe, as_root })
     }
@@ -327,7 +330,8 @@ async fn run(args: DevArgs, base: Config) -> Result<(), DevError> {
     let shutdown = Shutdown::install()?;
     let tools = Tools::find()?;
     std::fs::create_dir_all(&args.data_dir).map_err(io_err(format!("cannot create {}", args.data_dir.display())))?;
-    let root = std::fs::canonicalize(&args.data_dir).map_err(io_err(format!("cannot resolve {}", args.data_dir.display())))?;
+    let root =
+        std::fs::canonicalize(&args.data_dir).map_err(io_err(format!("cannot resolve {}", args.data_dir.display())))?;
     let layout = Layout::new(root);
 
     // A PostgreSQL left running by a run that was killed outright is ours to stop; anything else on a port is not.
@@ -349,7 +353,11 @@ async fn run(args: DevArgs, base: Config) -> Result<(), DevError> {
 }
 
 /// Runs the daemon until a signal, then stops it and lets in-flight requests finish.
-async fn serve_until_signal(server: app::ServerTask, handles: app::Handles, mut shutdown: Shutdown) -> Result<(), DevError> {
+async fn serve_until_signal(
+    server: app::ServerTask,
+    handles: app::Handles,
+    mut shutdown: Shutdown,
+) -> Result<(), DevError> {
     let mut server = std::pin::pin!(server);
     let result = tokio::select! {
         r = &mut server => r.map_err(|e| failed("the daemon's HTTP server", e.to_string())),
@@ -470,7 +478,11 @@ fn prepare_dirs(tools: &Tools, layout: &Layout) -> Result<(), DevError> {
     }
     ensure_gitignore(&layout.root);
     let pg_log = layout.log("postgres.log");
-    std::fs::OpenOptions::new().create(true).append(true).open(&pg_log).map_err(io_err(format!("cannot create {}", pg_log.display())))?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&pg_log)
+        .map_err(io_err(format!("cannot create {}", pg_log.display())))?;
     if !tools.as_root {
         return Ok(());
     }
@@ -531,16 +543,17 @@ fn tail(path: &Path) -> String {
 
 /// Runs a short-lived command; on failure, reports its exit status and the tail of its output.
 async fn run_tool(mut cmd: tokio::process::Command, what: &str, log: &Path) -> Result<(), DevError> {
-    let out = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).output().await.map_err(io_err(format!("cannot run {what}")))?;
+    let out = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .map_err(io_err(format!("cannot run {what}")))?;
     if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
         let _ = f.write_all(&out.stdout);
         let _ = f.write_all(&out.stderr);
     }
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(failed(what, format!("{}; {}", out.status, tail(log))))
-    }
+    if out.status.success() { Ok(()) } else { Err(failed(what, format!("{}; {}", out.status, tail(log)))) }
 }
 
 /// `initdb` unless the cluster exists; writes the settings that are the same on every run. Returns whether it
@@ -557,8 +570,10 @@ async fn pg_init(tools: &Tools, layout: &Layout) -> Result<bool, DevError> {
         let mut cmd = tools.pg("initdb");
         cmd.arg("-D").arg(data).args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"]);
         run_tool(cmd, "initdb", &layout.log("initdb.log")).await?;
-        let mut conf =
-            std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).map_err(io_err("cannot open postgresql.conf"))?;
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .map_err(io_err("cannot open postgresql.conf"))?;
         // A throw-away development cluster: durability is not worth the fsyncs.
         conf.write_all(b"\n# agent-supervisor dev\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 100\ninclude_if_exists = 'dev.conf'\n")
             .map_err(io_err("cannot write postgresql.conf"))?;
@@ -575,15 +590,21 @@ async fn pg_init(tools: &Tools, layout: &Layout) -> Result<bool, DevError> {
 async fn pg_start(tools: &Tools, layout: &Layout, port: u16) -> Result<(), DevError> {
     let dev_conf = layout.pg_data.join("dev.conf");
     let socket_dir = layout.pg_dir.display().to_string().replace('\'', "''");
-    std::fs::write(&dev_conf, format!("listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{socket_dir}'\n"))
-        .map_err(io_err(format!("cannot write {}", dev_conf.display())))?;
+    std::fs::write(
+        &dev_conf,
+        format!("listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{socket_dir}'\n"),
+    )
+    .map_err(io_err(format!("cannot write {}", dev_conf.display())))?;
     let log = layout.log("postgres.log");
     let mut cmd = tools.pg("pg_ctl");
     cmd.arg("-D").arg(&layout.pg_data).arg("-l").arg(&log).args(["-w", "-t", &PG_START_TIMEOUT_S.to_string(), "start"]);
     let out = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).output().await.map_err(io_err("cannot run pg_ctl"))?;
     if !out.status.success() {
         let said = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-        return Err(failed(format!("starting PostgreSQL on 127.0.0.1:{port}"), format!("pg_ctl: {said}; {}", tail(&log))));
+        return Err(failed(
+            format!("starting PostgreSQL on 127.0.0.1:{port}"),
+            format!("pg_ctl: {said}; {}", tail(&log)),
+        ));
     }
     Ok(())
 }
@@ -664,7 +685,10 @@ async fn wait_etcd(etcd: &mut Owned, port: u16, log: &Path, shutdown: &Shutdown)
     loop {
         shutdown.check()?;
         if let Ok(Some(status)) = etcd.child.try_wait() {
-            return Err(failed(format!("starting etcd on 127.0.0.1:{port}"), format!("it exited ({status}); {}", tail(log))));
+            return Err(failed(
+                format!("starting etcd on 127.0.0.1:{port}"),
+                format!("it exited ({status}); {}", tail(log)),
+            ));
         }
         let health = get_json(client.get(format!("http://127.0.0.1:{port}/health"))).await;
         if health.as_ref().and_then(|b| b.get("health")).and_then(|h| h.as_str()) == Some("true") {
@@ -696,7 +720,9 @@ fn pick_agent_ports(count: u8) -> Result<Vec<DevAgent>, DevError> {
     let ports: Vec<u16> = held.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.port()).collect();
     Ok((1..=count)
         .zip(ports.chunks(2))
-        .filter_map(|(n, p)| Some(DevAgent { id: format!("i-dev-{n}"), watcher_port: *p.first()?, rpc_port: *p.get(1)? }))
+        .filter_map(|(n, p)| {
+            Some(DevAgent { id: format!("i-dev-{n}"), watcher_port: *p.first()?, rpc_port: *p.get(1)? })
+        })
         .collect())
 }
 
@@ -711,11 +737,18 @@ fn watcher_token(layout: &Layout) -> Result<Secret, DevError> {
     }
     let token = random_string(b"abcdefghijklmnopqrstuvwxyz0123456789", 32);
     std::fs::write(path, format!("{token}\n")).map_err(io_err(format!("cannot write {}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err(format!("cannot chmod {}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(io_err(format!("cannot chmod {}", path.display())))?;
     Ok(Secret::new(token))
 }
 
-fn watcher_spawn(tools: &Tools, layout: &Layout, agent: &DevAgent, kernels: &[(Uuid, Uuid)], etcd_url: &str) -> Result<Owned, DevError> {
+fn watcher_spawn(
+    tools: &Tools,
+    layout: &Layout,
+    agent: &DevAgent,
+    kernels: &[(Uuid, Uuid)],
+    etcd_url: &str,
+) -> Result<Owned, DevError> {
     let (out, err) = log_stdio(&layout.log(&format!("watcher-{}.log", agent.id)))?;
     let mut cmd = tokio::process::Command::new(&tools.watcher);
     cmd.arg("--listen")
@@ -748,7 +781,13 @@ fn watcher_spawn(tools: &Tools, layout: &Layout, agent: &DevAgent, kernels: &[(U
 }
 
 /// Waits until the watcher answers and says its agent is active.
-async fn wait_watcher(owned: &mut Owned, agent: &DevAgent, token: &Secret, log: &Path, shutdown: &Shutdown) -> Result<(), DevError> {
+async fn wait_watcher(
+    owned: &mut Owned,
+    agent: &DevAgent,
+    token: &Secret,
+    log: &Path,
+    shutdown: &Shutdown,
+) -> Result<(), DevError> {
     let client = awc::Client::builder().timeout(Duration::from_secs(2)).finish();
     let url = format!("http://127.0.0.1:{}/", agent.watcher_port);
     let what = format!("starting agent-watcher {} on 127.0.0.1:{}", agent.id, agent.watcher_port);
@@ -759,7 +798,9 @@ async fn wait_watcher(owned: &mut Owned, agent: &DevAgent, token: &Secret, log: 
         if let Ok(Some(status)) = owned.child.try_wait() {
             return Err(failed(what, format!("it exited ({status}); {}", tail(log))));
         }
-        if let Some(body) = get_json(client.get(&url).insert_header(("X-BackendAI-Watcher-Token", token.expose()))).await {
+        if let Some(body) =
+            get_json(client.get(&url).insert_header(("X-BackendAI-Watcher-Token", token.expose()))).await
+        {
             if body.get("agent-status").and_then(|s| s.as_str()) == Some("active") {
                 return Ok(());
             }
@@ -769,7 +810,12 @@ async fn wait_watcher(owned: &mut Owned, agent: &DevAgent, token: &Secret, log: 
             let agent_log = log.with_file_name(format!("agent-{}.log", agent.id));
             return Err(failed(
                 what,
-                format!("agent not active within {} s (last status {last}); {}; {}", WATCHER_START_TIMEOUT.as_secs(), tail(log), tail(&agent_log)),
+                format!(
+                    "agent not active within {} s (last status {last}); {}; {}",
+                    WATCHER_START_TIMEOUT.as_secs(),
+                    tail(log),
+                    tail(&agent_log)
+                ),
             ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -778,7 +824,11 @@ async fn wait_watcher(owned: &mut Owned, agent: &DevAgent, token: &Secret, log: 
 
 /// The daemon logs to a file so the terminal keeps the instructions readable.
 fn init_daemon_log(config: &Config, path: &Path) -> Result<(), DevError> {
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io_err(format!("cannot open {}", path.display())))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io_err(format!("cannot open {}", path.display())))?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
     let _ = tracing_subscriber::fmt()
@@ -791,7 +841,9 @@ fn init_daemon_log(config: &Config, path: &Path) -> Result<(), DevError> {
 }
 
 async fn ensure_database(admin_url: &str) -> Result<(), DevError> {
-    let mut conn = AsyncPgConnection::establish(admin_url).await.map_err(|e| failed(format!("connecting to {admin_url}"), e.to_string()))?;
+    let mut conn = AsyncPgConnection::establish(admin_url)
+        .await
+        .map_err(|e| failed(format!("connecting to {admin_url}"), e.to_string()))?;
     let exists: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!(
         "(SELECT count(*) FROM pg_database WHERE datname = '{DB_NAME}')"
     )))
@@ -821,7 +873,6 @@ struct Seeded {
 fn random_string(alphabet: &[u8], len: usize) -> String {
     (0..len).map(|_| char::from(alphabet[OsRng.gen_range(0..alphabet.len())])).collect()
 }
-
 
 fn slots(pairs: &[(&str, &str)]) -> Result<ResourceSlot, DevError> {
     ResourceSlot::from_pairs(pairs.iter().copied()).map_err(|e| failed("building seed resource slots", e.to_string()))
@@ -873,7 +924,8 @@ const SEED_SESSIONS: &[SeedSession] = &[
 /// Seeds the scaling group, agents, sessions, kernels and the superadmin keypair, idempotently: rows that exist are
 /// left alone, except each agent's `addr`, which follows this run's RPC port.
 async fn seed(url: &str, agents_: &[DevAgent]) -> Result<Seeded, DevError> {
-    let mut conn = AsyncPgConnection::establish(url).await.map_err(|e| failed(format!("connecting to {url}"), e.to_string()))?;
+    let mut conn =
+        AsyncPgConnection::establish(url).await.map_err(|e| failed(format!("connecting to {url}"), e.to_string()))?;
     let now = chrono::Utc::now();
     let available = slots(&[("cpu", "16"), ("mem", "68719476736"), ("cuda.shares", "4")])?;
     let mut occupied = ResourceSlot::new();
@@ -906,8 +958,11 @@ async fn seed(url: &str, agents_: &[DevAgent]) -> Result<Seeded, DevError> {
         for s in SEED_SESSIONS {
             let occupying = slots(s.slots)?;
             let session_id = seed_uuid(n, 0x10 + s.item);
-            let (session_status, kernel_status) =
-                if s.running { (SessionStatus::Running, KernelStatus::Running) } else { (SessionStatus::Terminated, KernelStatus::Terminated) };
+            let (session_status, kernel_status) = if s.running {
+                (SessionStatus::Running, KernelStatus::Running)
+            } else {
+                (SessionStatus::Terminated, KernelStatus::Terminated)
+            };
             let terminated_at = (!s.running).then_some(now);
             sess.push(SessionRow {
                 id: session_id,
@@ -1031,7 +1086,15 @@ async fn seed(url: &str, agents_: &[DevAgent]) -> Result<Seeded, DevError> {
     Ok(Seeded { keypair: DevKeypair { access_key, secret_key }, kernels: kernels_per_agent })
 }
 
-fn print_banner(args: &DevArgs, layout: &Layout, kp: &DevKeypair, agents_: &[DevAgent], stack: &Stack, created: bool, took: Duration) {
+fn print_banner(
+    args: &DevArgs,
+    layout: &Layout,
+    kp: &DevKeypair,
+    agents_: &[DevAgent],
+    stack: &Stack,
+    created: bool,
+    took: Duration,
+) {
     let url = format!("http://127.0.0.1:{}", args.port);
     let bin_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_default();
     let mut pids = Vec::new();
@@ -1044,7 +1107,8 @@ fn print_banner(args: &DevArgs, layout: &Layout, kp: &DevKeypair, agents_: &[Dev
     for (agent, w) in agents_.iter().zip(&stack.watchers) {
         pids.push(format!("agent-watcher[{}]={}", agent.id, w.child.id().unwrap_or(0)));
     }
-    let watchers: Vec<String> = agents_.iter().map(|a| format!("{} (watcher :{}, rpc :{})", a.id, a.watcher_port, a.rpc_port)).collect();
+    let watchers: Vec<String> =
+        agents_.iter().map(|a| format!("{} (watcher :{}, rpc :{})", a.id, a.watcher_port, a.rpc_port)).collect();
     let how = if created { "new data directory" } else { "reused data directory" };
     let logs = layout.logs.display();
     let mut out = std::io::stdout().lock();
@@ -1083,7 +1147,14 @@ mod tests {
     fn a_busy_port_is_named_with_its_flag() {
         let busy = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = busy.local_addr().unwrap().port();
-        let args = DevArgs { data_dir: ".dev".into(), port: 0, pg_port: port, etcd_port: 0, etcd_peer_port: Some(0), agents: 3 };
+        let args = DevArgs {
+            data_dir: ".dev".into(),
+            port: 0,
+            pg_port: port,
+            etcd_port: 0,
+            etcd_peer_port: Some(0),
+            agents: 3,
+        };
         let msg = check_ports(&args).err().unwrap().to_string();
         assert!(msg.contains(&port.to_string()) && msg.contains("--pg-port"), "{msg}");
     }

@@ -259,7 +259,9 @@ async fn keypair(config: &Config, cmd: KeypairCommand) -> Result<(), KeypairErro
             } else {
                 println!("{:<20}  {:<8}  {:<10}  {:<25}  USER", "ACCESS KEY", "ACTIVE", "SUPERADMIN", "LAST USED");
                 for r in &rows {
-                    let last = r.last_used.map_or_else(|| "never".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string());
+                    let last = r
+                        .last_used
+                        .map_or_else(|| "never".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string());
                     println!(
                         "{:<20}  {:<8}  {:<10}  {:<25}  {}",
                         r.access_key,

@@ -9,8 +9,8 @@ use clap::{CommandFactory, Parser, ValueEnum};
 use crate::{
     config::{EtcdConfig, Secret},
     watcher::server::{
-        self, BackendOptions, ProcessConfigTemplate, ServerOptions, TokenSource,
-        backend::SystemdConfig, registration::Registration,
+        self, BackendOptions, ProcessConfigTemplate, ServerOptions, TokenSource, backend::SystemdConfig,
+        registration::Registration,
     },
 };
 
@@ -151,8 +151,7 @@ impl Cli {
             timeout_ms: self.etcd_timeout_ms,
             ..EtcdConfig::default()
         });
-        let registration =
-            self.agent_id.map(|agent_id| Registration { agent_id, advertise_ip: self.advertise_ip });
+        let registration = self.agent_id.map(|agent_id| Registration { agent_id, advertise_ip: self.advertise_ip });
         Ok(ServerOptions {
             listen: self.listen,
             token,
@@ -169,7 +168,9 @@ impl Cli {
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if json { builder.json().init() } else { builder.init() }
 }
@@ -193,8 +194,7 @@ pub fn expand_config(argv: Vec<OsString>) -> Result<Vec<OsString>, String> {
     };
     let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let table: toml::Table = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let known: Vec<String> =
-        Cli::command().get_arguments().filter_map(|a| a.get_long().map(str::to_owned)).collect();
+    let known: Vec<String> = Cli::command().get_arguments().filter_map(|a| a.get_long().map(str::to_owned)).collect();
     let mut flags: Vec<OsString> = Vec::new();
     let mut command: Vec<OsString> = Vec::new();
     for (key, value) in table {

@@ -58,13 +58,13 @@ impl DbError {
     fn classify(e: diesel::result::Error) -> Self {
         match &e {
             diesel::result::Error::DatabaseError(
-                diesel::result::DatabaseErrorKind::ClosedConnection | diesel::result::DatabaseErrorKind::UnableToSendCommand,
+                diesel::result::DatabaseErrorKind::ClosedConnection
+                | diesel::result::DatabaseErrorKind::UnableToSendCommand,
                 _,
-            ) => {
-                DbError::Unavailable(e.to_string())
-            }
+            ) => DbError::Unavailable(e.to_string()),
             diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::Unknown, info)
-                if info.message().contains("connection closed") || info.message().contains("terminating connection") =>
+                if info.message().contains("connection closed")
+                    || info.message().contains("terminating connection") =>
             {
                 DbError::Unavailable(e.to_string())
             }
@@ -112,7 +112,9 @@ impl Db {
         match tokio::time::timeout(self.acquire_timeout, self.pool.get()).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(DbError::Unavailable(describe_pool_error(e))),
-            Err(_) => Err(DbError::Unavailable(format!("no connection within {} ms", self.acquire_timeout.as_millis()))),
+            Err(_) => {
+                Err(DbError::Unavailable(format!("no connection within {} ms", self.acquire_timeout.as_millis())))
+            }
         }
     }
 
@@ -160,5 +162,6 @@ pub async fn revert_all_migrations(url: &str) -> Result<Vec<String>, DbError> {
 
 fn establish_sync(url: &str) -> Result<AsyncConnectionWrapper<AsyncPgConnection>, DbError> {
     use diesel::Connection;
-    AsyncConnectionWrapper::<AsyncPgConnection>::establish(url).map_err(|e: ConnectionError| DbError::Unavailable(e.to_string()))
+    AsyncConnectionWrapper::<AsyncPgConnection>::establish(url)
+        .map_err(|e: ConnectionError| DbError::Unavailable(e.to_string()))
 }

@@ -74,7 +74,11 @@ pub async fn finish_event(
 }
 
 /// Newest first.
-pub async fn list_events(conn: &mut AsyncPgConnection, agent_id: &str, limit: i64) -> Result<Vec<AgentEventRow>, DbError> {
+pub async fn list_events(
+    conn: &mut AsyncPgConnection,
+    agent_id: &str,
+    limit: i64,
+) -> Result<Vec<AgentEventRow>, DbError> {
     agent_events::table
         .filter(agent_events::agent_id.eq(agent_id))
         .order(agent_events::id.desc())

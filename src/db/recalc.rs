@@ -87,8 +87,11 @@ pub async fn recalculate_usage(db: &Db, opts: &RecalcOptions) -> Result<RecalcRe
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let result =
-            conn.build_transaction().serializable().run(async |conn: &mut AsyncPgConnection| recalc_once(conn).await).await;
+        let result = conn
+            .build_transaction()
+            .serializable()
+            .run(async |conn: &mut AsyncPgConnection| recalc_once(conn).await)
+            .await;
         match result {
             Ok(outcome) => {
                 let report = outcome.into_report(attempt, started.elapsed());
@@ -105,7 +108,11 @@ pub async fn recalculate_usage(db: &Db, opts: &RecalcOptions) -> Result<RecalcRe
             }
             Err(e) if e.is_serialization_failure() && attempt < max_attempts => {
                 let pause = backoff(opts, attempt);
-                tracing::warn!(attempt, pause_ms = pause.as_millis() as u64, "recalculation hit a serialization failure; retrying");
+                tracing::warn!(
+                    attempt,
+                    pause_ms = pause.as_millis() as u64,
+                    "recalculation hit a serialization failure; retrying"
+                );
                 tokio::time::sleep(pause).await;
             }
             Err(e) => return Err(e),
@@ -259,10 +266,20 @@ struct KeypairCounts {
 
 /// One attempt, inside the transaction. Everything is recomputed here, so a retry starts from scratch.
 async fn recalc_once(conn: &mut AsyncPgConnection) -> Result<Outcome, DbError> {
-    let agents_total =
-        diesel::sql_query("SELECT count(*) AS n FROM agents").get_result::<CountRow>(conn).await.map_err(query_error)?.n;
+    let agents_total = diesel::sql_query("SELECT count(*) AS n FROM agents")
+        .get_result::<CountRow>(conn)
+        .await
+        .map_err(query_error)?
+        .n;
     if agents_total == 0 {
-        return Ok(Outcome { agents_total: 0, updated: vec![], reset: vec![], skipped: vec![], keys_written: 0, keys_reset: 0 });
+        return Ok(Outcome {
+            agents_total: 0,
+            updated: vec![],
+            reset: vec![],
+            skipped: vec![],
+            keys_written: 0,
+            keys_reset: 0,
+        });
     }
     for sql in TUNE_SQL {
         diesel::sql_query(*sql).execute(conn).await.map_err(query_error)?;
@@ -297,7 +314,9 @@ async fn recalc_once(conn: &mut AsyncPgConnection) -> Result<Outcome, DbError> {
 
 fn skip_reason(status: AgentStatus, has_counted_kernels: bool) -> String {
     match status {
-        AgentStatus::Restarting => "agent is RESTARTING and has no counted kernels; occupied_slots left as is".to_owned(),
+        AgentStatus::Restarting => {
+            "agent is RESTARTING and has no counted kernels; occupied_slots left as is".to_owned()
+        }
         _ if has_counted_kernels => {
             format!("agent is {status} (not responding); occupied_slots left as is although it has counted kernels")
         }

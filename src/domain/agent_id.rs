@@ -35,7 +35,8 @@ impl AgentId {
         if len > MAX_AGENT_ID_LEN {
             return Err(AgentIdError::TooLong(len));
         }
-        if let Some(c) = raw.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@'))) {
+        if let Some(c) = raw.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@')))
+        {
             return Err(AgentIdError::BadChar(c));
         }
         if raw.contains("..") {
@@ -88,7 +89,8 @@ mod tests {
 
     #[test]
     fn accepts_backend_ai_style_ids() {
-        for ok in ["i-node01", "agent-123", "00000000-0000-0000-0000-000000000001", "gpu.node:7", "a", &"x".repeat(64)] {
+        for ok in ["i-node01", "agent-123", "00000000-0000-0000-0000-000000000001", "gpu.node:7", "a", &"x".repeat(64)]
+        {
             assert_eq!(AgentId::parse(ok).unwrap().as_str(), ok);
         }
     }

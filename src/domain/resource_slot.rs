@@ -45,7 +45,11 @@ impl ResourceSlot {
         let text = raw.trim();
         let err_nan = || SlotError::NotANumber { slot: slot.to_owned(), value: raw.to_owned() };
         if text.is_empty() || text.len() > MAX_INPUT_LEN {
-            return Err(if text.is_empty() { err_nan() } else { SlotError::OutOfRange { slot: slot.to_owned(), value: raw.to_owned() } });
+            return Err(if text.is_empty() {
+                err_nan()
+            } else {
+                SlotError::OutOfRange { slot: slot.to_owned(), value: raw.to_owned() }
+            });
         }
         // Exponents are bounded before parsing: BigDecimal happily accepts "1e-9999999999".
         if let Some(pos) = text.find(['e', 'E']) {
@@ -91,7 +95,9 @@ impl ResourceSlot {
                 serde_json::Value::Number(_) => return Err(SlotError::Float { slot: k.clone() }),
                 serde_json::Value::Bool(_) => return Err(SlotError::WrongType { slot: k.clone(), kind: "a boolean" }),
                 serde_json::Value::Array(_) => return Err(SlotError::WrongType { slot: k.clone(), kind: "an array" }),
-                serde_json::Value::Object(_) => return Err(SlotError::WrongType { slot: k.clone(), kind: "an object" }),
+                serde_json::Value::Object(_) => {
+                    return Err(SlotError::WrongType { slot: k.clone(), kind: "an object" });
+                }
             };
             out.0.insert(k.clone(), parsed);
         }

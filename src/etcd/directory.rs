@@ -151,9 +151,12 @@ impl WatcherDirectory {
 
     /// `http://{nodes/agents/{id}/ip}:{nodes/agents/{id}/watcher_port or the default port}`.
     pub async fn watcher_address(&self, agent: &AgentId) -> Result<WatcherAddress, EtcdError> {
-        let cached = self.inner.state.read().ok().and_then(|s| {
-            s.synced.then(|| s.nodes.get(agent.as_str()).cloned().unwrap_or_default())
-        });
+        let cached = self
+            .inner
+            .state
+            .read()
+            .ok()
+            .and_then(|s| s.synced.then(|| s.nodes.get(agent.as_str()).cloned().unwrap_or_default()));
         let node = match cached {
             Some(node) => {
                 self.inner.hits.fetch_add(1, Ordering::Relaxed);
@@ -179,7 +182,12 @@ impl WatcherDirectory {
         let host = match node.ip.as_deref().map(str::trim) {
             None => return Err(EtcdError::MissingKey { agent: agent.to_string(), key: ip_key }),
             Some("") => {
-                return Err(EtcdError::BadValue { agent: agent.to_string(), key: ip_key, value: String::new(), expected: "a host address" });
+                return Err(EtcdError::BadValue {
+                    agent: agent.to_string(),
+                    key: ip_key,
+                    value: String::new(),
+                    expected: "a host address",
+                });
             }
             Some(ip) => ip.to_owned(),
         };

@@ -106,7 +106,8 @@ impl Etcd {
             .iter()
             .filter_map(|kv| {
                 let k = String::from_utf8_lossy(&kv.key);
-                k.strip_prefix(&self.prefix).map(|rel| (rel.to_owned(), String::from_utf8_lossy(&kv.value).into_owned()))
+                k.strip_prefix(&self.prefix)
+                    .map(|rel| (rel.to_owned(), String::from_utf8_lossy(&kv.value).into_owned()))
             })
             .collect();
         Ok((kvs, resp.header.revision()))

@@ -7,7 +7,8 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0];
 
 /// Every metric the daemon exports. Cheap to clone (the collectors are shared).
 #[derive(Clone)]
@@ -29,25 +30,41 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("agent_supervisor".into()), None)?;
-        let http_requests = IntCounterVec::new(Opts::new("http_requests_total", "HTTP requests by route, method and status"), &["route", "method", "status"])?;
+        let http_requests = IntCounterVec::new(
+            Opts::new("http_requests_total", "HTTP requests by route, method and status"),
+            &["route", "method", "status"],
+        )?;
         let http_duration = HistogramVec::new(
-            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency by route and method").buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency by route and method")
+                .buckets(LATENCY_BUCKETS.to_vec()),
             &["route", "method"],
         )?;
-        let watcher_calls = IntCounterVec::new(Opts::new("watcher_calls_total", "Calls to watchers by kind and outcome (ok or an error code)"), &["kind", "outcome"])?;
+        let watcher_calls = IntCounterVec::new(
+            Opts::new("watcher_calls_total", "Calls to watchers by kind and outcome (ok or an error code)"),
+            &["kind", "outcome"],
+        )?;
         let watcher_duration = HistogramVec::new(
-            HistogramOpts::new("watcher_call_duration_seconds", "Watcher call latency by kind").buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new("watcher_call_duration_seconds", "Watcher call latency by kind")
+                .buckets(LATENCY_BUCKETS.to_vec()),
             &["kind"],
         )?;
         let commands_queued = IntGauge::new("commands_queued", "Commands waiting in agent queues")?;
         let commands_in_flight = IntGauge::new("commands_in_flight", "Commands being executed")?;
-        let recalc_runs = IntCounterVec::new(Opts::new("recalculation_runs_total", "Usage recalculations by outcome"), &["outcome"])?;
+        let recalc_runs =
+            IntCounterVec::new(Opts::new("recalculation_runs_total", "Usage recalculations by outcome"), &["outcome"])?;
         let recalc_duration = HistogramVec::new(
-            HistogramOpts::new("recalculation_duration_seconds", "Usage recalculation wall time").buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new("recalculation_duration_seconds", "Usage recalculation wall time")
+                .buckets(LATENCY_BUCKETS.to_vec()),
             &[],
         )?;
-        let db_pool = IntGaugeVec::new(Opts::new("db_pool_connections", "Database pool connections (size, available)"), &["state"])?;
-        let etcd_cache = IntGaugeVec::new(Opts::new("etcd_cache", "etcd watcher directory: hits, misses, agents, synced (0/1)"), &["kind"])?;
+        let db_pool = IntGaugeVec::new(
+            Opts::new("db_pool_connections", "Database pool connections (size, available)"),
+            &["state"],
+        )?;
+        let etcd_cache = IntGaugeVec::new(
+            Opts::new("etcd_cache", "etcd watcher directory: hits, misses, agents, synced (0/1)"),
+            &["kind"],
+        )?;
         let agents = IntGauge::new("agents", "Agent actors running")?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;

@@ -92,7 +92,9 @@ impl From<WatcherError> for Problem {
             }
             WatcherError::CommandFailed { command, status, ref body, .. } => {
                 let watcher_body = body.clone();
-                Problem::new(command.failed_code(), detail).with("watcher_status", status).with("watcher_detail", watcher_body)
+                Problem::new(command.failed_code(), detail)
+                    .with("watcher_status", status)
+                    .with("watcher_detail", watcher_body)
             }
             WatcherError::BadResponse { .. } => Problem::new(ErrorCode::WatcherBadResponse, detail),
         }
@@ -127,7 +129,11 @@ pub struct WatcherReply {
 }
 
 /// `GET /` on the watcher: the agent's status as the watcher reports it.
-pub async fn get_status(addr: &WatcherAddress, token: &Secret, timeout: Duration) -> Result<WatcherReply, WatcherError> {
+pub async fn get_status(
+    addr: &WatcherAddress,
+    token: &Secret,
+    timeout: Duration,
+) -> Result<WatcherReply, WatcherError> {
     call(addr, token, awc::http::Method::GET, "", timeout, None).await
 }
 
@@ -180,7 +186,10 @@ async fn call(
             let json = content_type.starts_with("application/json") || content_type.contains("+json");
             match serde_json::from_slice::<Value>(&body) {
                 Ok(value @ Value::Object(_)) if json => Ok(WatcherReply { status, body: value, raw: body }),
-                _ => Err(WatcherError::BadResponse { url, reason: format!("HTTP {status} without a JSON object: {}", text()) }),
+                _ => Err(WatcherError::BadResponse {
+                    url,
+                    reason: format!("HTTP {status} without a JSON object: {}", text()),
+                }),
             }
         }
         401 | 403 => Err(WatcherError::Auth { url, status, body: text() }),
@@ -191,7 +200,12 @@ async fn call(
             Err(WatcherError::Conflict { url, code, body: text() })
         }
         500..=599 => match command {
-            Some(command) => Err(WatcherError::CommandFailed { url, command, status, body: problem_detail(&body).unwrap_or_else(text) }),
+            Some(command) => Err(WatcherError::CommandFailed {
+                url,
+                command,
+                status,
+                body: problem_detail(&body).unwrap_or_else(text),
+            }),
             None => Err(WatcherError::BadResponse { url, reason: format!("HTTP {status}: {}", text()) }),
         },
         _ => Err(WatcherError::BadResponse { url, reason: format!("HTTP {status}: {}", text()) }),

@@ -150,7 +150,9 @@ impl Drop for TestDb {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
             rt.block_on(async move {
                 if let Ok(mut conn) = AsyncPgConnection::establish(&admin).await {
-                    let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
+                    let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
                 }
             });
         })
@@ -170,7 +172,12 @@ impl TestEtcd {
     }
 
     pub fn config(&self) -> EtcdConfig {
-        EtcdConfig { endpoints: vec![self.endpoint.clone()], namespace: self.namespace.clone(), timeout_ms: 1_000, ..Default::default() }
+        EtcdConfig {
+            endpoints: vec![self.endpoint.clone()],
+            namespace: self.namespace.clone(),
+            timeout_ms: 1_000,
+            ..Default::default()
+        }
     }
 
     pub async fn client(&self) -> Etcd {

@@ -192,7 +192,8 @@ struct ProxyState {
 impl TcpProxy {
     /// `admin_url` names the target (`postgres://user@host:port/db`).
     pub fn start(admin_url: &str) -> Self {
-        let hostport = admin_url.split('@').nth(1).and_then(|r| r.split('/').next()).unwrap_or("127.0.0.1:5432").to_owned();
+        let hostport =
+            admin_url.split('@').nth(1).and_then(|r| r.split('/').next()).unwrap_or("127.0.0.1:5432").to_owned();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let state = std::sync::Arc::new(std::sync::Mutex::new(ProxyState { up: true, epoch: 0 }));
@@ -200,29 +201,50 @@ impl TcpProxy {
         let target = hostport.clone();
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let (up, epoch) = { let s = st.lock().unwrap(); (s.up, s.epoch) };
+                let (up, epoch) = {
+                    let s = st.lock().unwrap();
+                    (s.up, s.epoch)
+                };
                 if !up {
                     drop(client);
                     continue;
                 }
                 let Ok(server) = std::net::TcpStream::connect(&target) else { continue };
-                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                {
                     let st = st.clone();
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 16384];
                         let _ = from.set_read_timeout(Some(Duration::from_millis(100)));
                         loop {
-                            let cut = { let s = st.lock().unwrap(); !s.up || s.epoch != epoch };
+                            let cut = {
+                                let s = st.lock().unwrap();
+                                !s.up || s.epoch != epoch
+                            };
                             if cut {
                                 let _ = from.shutdown(std::net::Shutdown::Both);
                                 let _ = to.shutdown(std::net::Shutdown::Both);
                                 return;
                             }
                             match std::io::Read::read(&mut from, &mut buf) {
-                                Ok(0) => { let _ = to.shutdown(std::net::Shutdown::Both); return; }
-                                Ok(n) => { if std::io::Write::write_all(&mut to, &buf[..n]).is_err() { return; } }
-                                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-                                Err(_) => { let _ = to.shutdown(std::net::Shutdown::Both); return; }
+                                Ok(0) => {
+                                    let _ = to.shutdown(std::net::Shutdown::Both);
+                                    return;
+                                }
+                                Ok(n) => {
+                                    if std::io::Write::write_all(&mut to, &buf[..n]).is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => {
+                                    let _ = to.shutdown(std::net::Shutdown::Both);
+                                    return;
+                                }
                             }
                         }
                     });
@@ -251,12 +273,20 @@ impl TcpProxy {
 /// A blocking HTTP/1.0 request to a daemon on 127.0.0.1:`port`, signed with `(access_key, secret_key)` when given
 /// (as the official client signs); for daemons running as separate processes. Returns the status and JSON body.
 pub fn http_signed(port: u16, method: &str, path: &str, keys: Option<(&str, &str)>) -> (u16, serde_json::Value) {
-    use std::io::{Read, Write};
     use agent_supervisor::auth::signing::{OutgoingRequest, sign_request};
+    use std::io::{Read, Write};
     let host = format!("127.0.0.1:{port}");
-    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\nX-BackendAI-Version: v7.20230615\r\nContent-Length: 0\r\n");
+    let mut head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\nX-BackendAI-Version: v7.20230615\r\nContent-Length: 0\r\n"
+    );
     if let Some((ak, sk)) = keys {
-        let req = OutgoingRequest { method, rel_url: path, host: &host, content_type: "application/json", api_version: "v7.20230615" };
+        let req = OutgoingRequest {
+            method,
+            rel_url: path,
+            host: &host,
+            content_type: "application/json",
+            api_version: "v7.20230615",
+        };
         let signed = sign_request(ak, sk, &req, chrono::Utc::now());
         head.push_str(&format!("Date: {}\r\nAuthorization: {}\r\n", signed.date, signed.authorization));
     }

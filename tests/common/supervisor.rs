@@ -85,7 +85,10 @@ impl TestApp {
     }
 
     /// A daemon whose database lives on a PostgreSQL server of the test's own, which the test may stop and start.
-    pub async fn spawn_on_private_postgres(pg: &super::procs::PrivatePostgres, tweak: impl FnOnce(&mut Config)) -> Self {
+    pub async fn spawn_on_private_postgres(
+        pg: &super::procs::PrivatePostgres,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
         Self::spawn_on(TestDb::on(&pg.admin_url()).await, |c| {
             c.database.connect_timeout_ms = 500;
             tweak(c);
@@ -130,7 +133,8 @@ impl TestApp {
     /// A RUNNING session with `n` RUNNING kernels on the agent.
     pub async fn add_running_kernels(&self, agent: &str, n: usize) {
         let session = uuid::Uuid::new_v4();
-        self.sql(&format!("INSERT INTO sessions (id, access_key, status) VALUES ('{session}', 'AKTEST', 'RUNNING')")).await;
+        self.sql(&format!("INSERT INTO sessions (id, access_key, status) VALUES ('{session}', 'AKTEST', 'RUNNING')"))
+            .await;
         for _ in 0..n {
             self.sql(&format!(
                 "INSERT INTO kernels (id, session_id, agent, agent_addr, status, occupied_slots) \
@@ -149,7 +153,10 @@ impl TestApp {
         let id = agent_supervisor::domain::AgentId::parse(agent).unwrap();
         let dir = self.running.directory.clone();
         assert!(
-            super::eventually(Duration::from_secs(3), || async { dir.watcher_address(&id).await.map(|a| a.port) == Ok(port) }).await,
+            super::eventually(Duration::from_secs(3), || async {
+                dir.watcher_address(&id).await.map(|a| a.port) == Ok(port)
+            })
+            .await,
             "the supervisor did not see the watcher of {agent}"
         );
     }
@@ -192,8 +199,21 @@ impl TestApp {
         self.signed_at(method, path, content_type, creds, chrono::Utc::now())
     }
 
-    pub fn signed_at(&self, method: &str, path: &str, content_type: &str, creds: &Creds, now: chrono::DateTime<chrono::Utc>) -> awc::ClientRequest {
-        let out = signing::OutgoingRequest { method, rel_url: path, host: &self.host, content_type, api_version: COMPAT_API_VERSION };
+    pub fn signed_at(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        creds: &Creds,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> awc::ClientRequest {
+        let out = signing::OutgoingRequest {
+            method,
+            rel_url: path,
+            host: &self.host,
+            content_type,
+            api_version: COMPAT_API_VERSION,
+        };
         let h = signing::sign_request(&creds.access_key, &creds.secret_key, &out, now);
         self.unsigned(method, path)
             .insert_header(("Content-Type", content_type))

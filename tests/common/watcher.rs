@@ -117,7 +117,10 @@ impl WatcherProcess {
                 let _ = c.kill();
                 let _ = c.wait();
             }
-            eprintln!("agent-watcher did not serve on {port}; log:\n{}", std::fs::read_to_string(dir.path().join("watcher.log")).unwrap_or_default());
+            eprintln!(
+                "agent-watcher did not serve on {port}; log:\n{}",
+                std::fs::read_to_string(dir.path().join("watcher.log")).unwrap_or_default()
+            );
         }
         panic!("agent-watcher did not start");
     }
@@ -271,7 +274,9 @@ impl Drop for WatcherProcess {
 /// Whether `pid` is a live process (a zombie counts as gone).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()).is_some_and(|s| s != 'Z'),
+        Ok(stat) => {
+            stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()).is_some_and(|s| s != 'Z')
+        }
         Err(_) => false,
     }
 }
@@ -316,7 +321,9 @@ pub fn slow_service(log: &Path, secs: &str) -> Vec<String> {
     vec![
         "sh".into(),
         "-c".into(),
-        format!(r#"echo "start $$" >> {l}; trap 'sleep {secs}; echo "stop $$" >> {l}; exit 0' TERM; while :; do sleep 0.05; done"#),
+        format!(
+            r#"echo "start $$" >> {l}; trap 'sleep {secs}; echo "stop $$" >> {l}; exit 0' TERM; while :; do sleep 0.05; done"#
+        ),
     ]
 }
 

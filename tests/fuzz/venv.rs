@@ -31,7 +31,12 @@ fn ready(python: &Path) -> bool {
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The venv's `python`, after making the venv if it is missing or has other versions.
@@ -43,9 +48,16 @@ pub fn python() -> PathBuf {
     if ready(&python) {
         return python;
     }
-    let unique = format!("{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    let unique = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    );
     let building = target.join(format!("venv-schemathesis.building-{unique}"));
-    eprintln!("making {} (pip install schemathesis=={SCHEMATHESIS} openapi-spec-validator=={SPEC_VALIDATOR})", venv.display());
+    eprintln!(
+        "making {} (pip install schemathesis=={SCHEMATHESIS} openapi-spec-validator=={SPEC_VALIDATOR})",
+        venv.display()
+    );
     run(Command::new("python3").arg("-m").arg("venv").arg(&building));
     run(Command::new(building.join("bin").join("python")).args([
         "-m",

@@ -17,7 +17,10 @@ pub fn junk() -> Value {
 }
 
 pub async fn scaling_group(conn: &mut AsyncPgConnection) {
-    diesel::sql_query("INSERT INTO scaling_groups (name) VALUES ('default') ON CONFLICT DO NOTHING").execute(conn).await.unwrap();
+    diesel::sql_query("INSERT INTO scaling_groups (name) VALUES ('default') ON CONFLICT DO NOTHING")
+        .execute(conn)
+        .await
+        .unwrap();
 }
 
 /// An agent in `status` whose `occupied_slots` is [`junk`].
@@ -49,14 +52,16 @@ pub async fn session(conn: &mut AsyncPgConnection, access_key: Option<&str>, sta
 
 pub async fn kernel(conn: &mut AsyncPgConnection, session: Uuid, agent: Option<&str>, slots: Value) -> Uuid {
     let id = Uuid::new_v4();
-    diesel::sql_query("INSERT INTO kernels (id, session_id, agent, occupied_slots, status) VALUES ($1, $2, $3, $4, 'RUNNING')")
-        .bind::<SqlUuid, _>(id)
-        .bind::<SqlUuid, _>(session)
-        .bind::<Nullable<Text>, _>(agent)
-        .bind::<Jsonb, _>(slots)
-        .execute(conn)
-        .await
-        .unwrap();
+    diesel::sql_query(
+        "INSERT INTO kernels (id, session_id, agent, occupied_slots, status) VALUES ($1, $2, $3, $4, 'RUNNING')",
+    )
+    .bind::<SqlUuid, _>(id)
+    .bind::<SqlUuid, _>(session)
+    .bind::<Nullable<Text>, _>(agent)
+    .bind::<Jsonb, _>(slots)
+    .execute(conn)
+    .await
+    .unwrap();
     id
 }
 

@@ -10,7 +10,10 @@
 use std::{
     collections::HashMap,
     net::TcpListener as StdListener,
-    sync::{Arc, Mutex, atomic::{AtomicU64, Ordering}},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -55,7 +58,8 @@ impl SimWatchers {
     pub fn start(count: usize, threads: usize, token: &str, command_delay: Duration) -> Self {
         let listeners: Vec<StdListener> = (0..count)
             .map(|_| {
-                let l = StdListener::bind("127.0.0.1:0").expect("bind a simulated watcher (is `ulimit -n` high enough?)");
+                let l =
+                    StdListener::bind("127.0.0.1:0").expect("bind a simulated watcher (is `ulimit -n` high enough?)");
                 l.set_nonblocking(true).unwrap();
                 l
             })
@@ -64,7 +68,10 @@ impl SimWatchers {
         let shared = Arc::new(Shared {
             token: token.to_owned(),
             command_delay,
-            ports: ports.iter().map(|p| (*p, Mutex::new(PortState { status: "active", ..Default::default() }))).collect(),
+            ports: ports
+                .iter()
+                .map(|p| (*p, Mutex::new(PortState { status: "active", ..Default::default() })))
+                .collect(),
             overlaps: AtomicU64::new(0),
             requests: AtomicU64::new(0),
         });

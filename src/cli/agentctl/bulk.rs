@@ -46,7 +46,11 @@ impl Progress {
     fn draw(&self) {
         if self.tty {
             let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r\x1b[2K{}", progress_bar(self.done, self.total, self.ok, self.failed, self.verb.as_str()));
+            let _ = write!(
+                err,
+                "\r\x1b[2K{}",
+                progress_bar(self.done, self.total, self.ok, self.failed, self.verb.as_str())
+            );
             let _ = err.flush();
         }
     }
@@ -78,7 +82,10 @@ async fn group_agents(client: &Client, group: &str) -> Result<Vec<String>, CtlEr
     let ids = listing
         .get("agents")
         .and_then(Value::as_array)
-        .ok_or_else(|| CtlError::BadResponse { url: client.endpoint(), reason: "the agent listing has no \"agents\" array".into() })?
+        .ok_or_else(|| CtlError::BadResponse {
+            url: client.endpoint(),
+            reason: "the agent listing has no \"agents\" array".into(),
+        })?
         .iter()
         .filter_map(|a| a.get("id").and_then(Value::as_str).map(str::to_owned))
         .collect();
@@ -89,7 +96,11 @@ async fn group_agents(client: &Client, group: &str) -> Result<Vec<String>, CtlEr
 pub async fn run(client: &Client, plan: &BulkPlan, json_out: bool) -> Result<(), CtlError> {
     let agents = group_agents(client, &plan.scaling_group).await?;
     if agents.is_empty() {
-        return Err(CtlError::Reported(format!("scaling group {:?} has no agents; nothing to {}", plan.scaling_group, plan.verb.as_str())));
+        return Err(CtlError::Reported(format!(
+            "scaling group {:?} has no agents; nothing to {}",
+            plan.scaling_group,
+            plan.verb.as_str()
+        )));
     }
     let started = Instant::now();
     let mut progress = Progress::new(plan.verb, agents.len());
@@ -161,10 +172,22 @@ pub async fn run(client: &Client, plan: &BulkPlan, json_out: bool) -> Result<(),
                 },
             };
             let status = o.http_status().map_or("-".to_owned(), |s| s.to_string());
-            table.row(vec![o.agent_id.clone(), o.label().to_owned(), status, duration_ms(o.elapsed.as_millis() as u64), detail]);
+            table.row(vec![
+                o.agent_id.clone(),
+                o.label().to_owned(),
+                status,
+                duration_ms(o.elapsed.as_millis() as u64),
+                detail,
+            ]);
         }
         for a in &not_run {
-            table.row(vec![(*a).clone(), "not run".into(), "-".into(), "-".into(), "an earlier agent failed (--rolling)".into()]);
+            table.row(vec![
+                (*a).clone(),
+                "not run".into(),
+                "-".into(),
+                "-".into(),
+                "an earlier agent failed (--rolling)".into(),
+            ]);
         }
         print!("{}", table.render());
         let mut summary = format!("{} of {} agents: {succeeded} ok, {failed} failed", plan.verb.as_str(), agents.len());

@@ -147,7 +147,8 @@ impl Client {
             content_type: EMPTY_BODY_CONTENT_TYPE,
             api_version: COMPAT_API_VERSION,
         };
-        let signed = signing::sign_request(&self.settings.access_key, &self.settings.secret_key, &out, chrono::Utc::now());
+        let signed =
+            signing::sign_request(&self.settings.access_key, &self.settings.secret_key, &out, chrono::Utc::now());
         // Every signed header is set explicitly: awc would otherwise add an HTTP-date `Date` the daemon refuses.
         let req = self
             .http
@@ -159,10 +160,17 @@ impl Client {
             .insert_header(("Authorization", signed.authorization));
         let mut resp = req.send().await.map_err(|e| self.send_error(&url, e))?;
         let status = resp.status().as_u16();
-        let bytes = resp.body().limit(MAX_BODY_BYTES).await.map_err(|e| CtlError::BadResponse { url: url.clone(), reason: e.to_string() })?;
+        let bytes = resp
+            .body()
+            .limit(MAX_BODY_BYTES)
+            .await
+            .map_err(|e| CtlError::BadResponse { url: url.clone(), reason: e.to_string() })?;
         let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
         if (200..300).contains(&status) {
-            return parsed.ok_or_else(|| CtlError::BadResponse { url, reason: format!("HTTP {status} with a body that is not JSON") });
+            return parsed.ok_or_else(|| CtlError::BadResponse {
+                url,
+                reason: format!("HTTP {status} with a body that is not JSON"),
+            });
         }
         match parsed {
             Some(body @ Value::Object(_)) if body.get("error_code").is_some() || body.get("title").is_some() => {
@@ -171,7 +179,13 @@ impl Client {
                     d if d.is_empty() => text("msg"),
                     d => d,
                 };
-                Err(CtlError::Problem { status, code: text("error_code"), title: text("title"), detail, body: Box::new(body) })
+                Err(CtlError::Problem {
+                    status,
+                    code: text("error_code"),
+                    title: text("title"),
+                    detail,
+                    body: Box::new(body),
+                })
             }
             _ => Err(CtlError::Http { status, url, body: String::from_utf8_lossy(&bytes).chars().take(200).collect() }),
         }
@@ -189,7 +203,9 @@ impl Client {
             },
             SendRequestError::Connect(ConnectError::Resolver(r)) => format!("cannot resolve the host name ({r})"),
             SendRequestError::Connect(ConnectError::NoRecords) => "the host name does not resolve".to_owned(),
-            SendRequestError::Connect(ConnectError::SslIsNotSupported) => "https is not supported by this build; use http://".to_owned(),
+            SendRequestError::Connect(ConnectError::SslIsNotSupported) => {
+                "https is not supported by this build; use http://".to_owned()
+            }
             other => other.to_string(),
         };
         CtlError::Connect { url: self.endpoint(), reason }

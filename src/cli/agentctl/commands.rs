@@ -96,7 +96,8 @@ impl AgentOutcome {
     pub fn line(&self) -> String {
         match &self.result {
             Ok(v) => {
-                let event = v.get("event_id").and_then(Value::as_i64).map(|e| format!("event {e}, ")).unwrap_or_default();
+                let event =
+                    v.get("event_id").and_then(Value::as_i64).map(|e| format!("event {e}, ")).unwrap_or_default();
                 let ms = v.get("elapsed_ms").and_then(Value::as_u64).unwrap_or(self.elapsed.as_millis() as u64);
                 format!("{}: {} ({event}{})", self.agent_id, self.label(), super::render::duration_ms(ms))
             }

@@ -105,6 +105,9 @@ mod tests {
     #[test]
     fn the_bar_fills_with_progress() {
         assert_eq!(progress_bar(0, 2, 0, 0, "restart"), format!("restart [{}] 0/2  ok 0  failed 0", ".".repeat(30)));
-        assert_eq!(progress_bar(1, 2, 1, 0, "restart"), format!("restart [{}{}] 1/2  ok 1  failed 0", "#".repeat(15), ".".repeat(15)));
+        assert_eq!(
+            progress_bar(1, 2, 1, 0, "restart"),
+            format!("restart [{}{}] 1/2  ok 1  failed 0", "#".repeat(15), ".".repeat(15))
+        );
     }
 }

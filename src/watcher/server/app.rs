@@ -2,7 +2,9 @@
 //! `POST /soft-reset`. Every response carries `Server: BackendAI-AgentWatcher`; every request needs the token.
 
 use actix_web::{
-    HttpResponse, http::header, middleware, web,
+    HttpResponse,
+    http::header,
+    middleware, web,
     web::{ServiceConfig, get, post},
 };
 use serde_json::json;
@@ -74,7 +76,8 @@ async fn not_found() -> HttpResponse {
 }
 
 async fn method_not_allowed(allow: &'static str) -> HttpResponse {
-    let mut resp = problem_response(&Problem::new(ErrorCode::MethodNotAllowed, format!("this route allows {allow} only")));
+    let mut resp =
+        problem_response(&Problem::new(ErrorCode::MethodNotAllowed, format!("this route allows {allow} only")));
     resp.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static(allow));
     resp
 }
@@ -83,7 +86,5 @@ async fn method_not_allowed(allow: &'static str) -> HttpResponse {
 pub fn problem_response(problem: &Problem) -> HttpResponse {
     let status = actix_web::http::StatusCode::from_u16(problem.status())
         .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
-    HttpResponse::build(status)
-        .content_type("application/problem+json")
-        .body(problem.to_json().to_string())
+    HttpResponse::build(status).content_type("application/problem+json").body(problem.to_json().to_string())
 }

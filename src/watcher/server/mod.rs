@@ -46,7 +46,10 @@ pub enum TokenSource {
 pub enum BackendOptions {
     Systemd(SystemdConfig),
     /// `log_file: None` picks a file under `$STATE_DIRECTORY` or the temporary directory.
-    Process { cfg: ProcessConfigTemplate, autostart: bool },
+    Process {
+        cfg: ProcessConfigTemplate,
+        autostart: bool,
+    },
 }
 
 /// [`ProcessConfig`] before the log file is known.
@@ -200,4 +203,3 @@ fn default_log_file(port: u16) -> PathBuf {
     let dir = std::env::var_os("STATE_DIRECTORY").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
     dir.join(format!("agent-watcher-{port}-agent.log"))
 }
-

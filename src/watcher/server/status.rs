@@ -107,6 +107,9 @@ mod tests {
         assert!(AgentStatus::parse("activating\n").is_running());
         assert!(AgentStatus::parse("failed").is_stopped());
         let body = serde_json::to_value(StatusBody::new(AgentStatus::Active, "process")).unwrap_or_default();
-        assert_eq!(body, serde_json::json!({"agent-status": "active", "watcher-status": "active", "backend": "process"}));
+        assert_eq!(
+            body,
+            serde_json::json!({"agent-status": "active", "watcher-status": "active", "backend": "process"})
+        );
     }
 }

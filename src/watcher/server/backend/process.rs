@@ -265,7 +265,11 @@ impl ProcessBackend {
         if tokio::time::timeout(stop_timeout, rx.wait_for(|s| s.run != run || s.pid.is_none())).await.is_ok() {
             return Ok(());
         }
-        tracing::warn!(pid, stop_timeout_ms = stop_timeout.as_millis() as u64, "agent ignored SIGTERM; sending SIGKILL");
+        tracing::warn!(
+            pid,
+            stop_timeout_ms = stop_timeout.as_millis() as u64,
+            "agent ignored SIGTERM; sending SIGKILL"
+        );
         let _ = killpg(group, Signal::SIGKILL);
         if tokio::time::timeout(KILL_WAIT, rx.wait_for(|s| s.run != run || s.pid.is_none())).await.is_ok() {
             return Ok(());
