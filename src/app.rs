@@ -142,7 +142,7 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
     let server = ServerTask(actix_rt::spawn(server));
     let deadline = Instant::now() + WORKERS_START_WITHIN;
     while homes.len() < workers && Instant::now() < deadline {
-        actix_rt::time::sleep(Duration::from_millis(5)).await;
+        actix_rt::time::sleep(WORKERS_START_POLL).await;
     }
     if homes.len() < workers {
         tracing::warn!(
@@ -161,6 +161,8 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
 
 /// How long start-up waits for the HTTP workers (the agent actors' threads) before creating the actors.
 const WORKERS_START_WITHIN: Duration = Duration::from_secs(10);
+/// How often start-up looks whether every worker has registered.
+const WORKERS_START_POLL: Duration = Duration::from_millis(5);
 
 /// The running HTTP server; resolves when it has stopped.
 pub struct ServerTask(actix_rt::task::JoinHandle<std::io::Result<()>>);

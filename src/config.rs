@@ -4,8 +4,9 @@
 //! `AGENT_SUPERVISOR_DATABASE_URL` or `AGENT_SUPERVISOR_WATCHER_STATUS_TIMEOUT_MS`. List values (etcd endpoints) are
 //! comma-separated. An unknown variable with that prefix is an error, so a typo never goes unnoticed.
 
-use std::{collections::BTreeMap, fmt, net::SocketAddr, path::Path, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
 
+pub use agent_supervisor_common::{etcd::EtcdConfig, secret::Secret};
 use serde::{Deserialize, Serialize};
 
 /// Prefix of every environment override.
@@ -25,36 +26,6 @@ pub enum ConfigError {
 impl ConfigError {
     fn invalid(key: &str, message: impl Into<String>) -> Self {
         Self::Invalid { key: key.to_owned(), message: message.into() }
-    }
-}
-
-/// A string that must never be printed: `Debug` and `Display` show `[redacted]`.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    /// The secret itself; call only where it is used, never to log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
     }
 }
 
@@ -99,30 +70,6 @@ impl Default for DatabaseConfig {
             max_connections: 16,
             connect_timeout_ms: 3_000,
             run_migrations: true,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EtcdConfig {
-    pub endpoints: Vec<String>,
-    /// Keys live under `/sorna/{namespace}/`, as in Backend.AI.
-    pub namespace: String,
-    pub user: Option<String>,
-    pub password: Option<Secret>,
-    /// Bound on every etcd request; past it the caller sees `etcd_unavailable`.
-    pub timeout_ms: u64,
-}
-
-impl Default for EtcdConfig {
-    fn default() -> Self {
-        Self {
-            endpoints: vec!["http://127.0.0.1:2379".to_owned()],
-            namespace: "local".to_owned(),
-            user: None,
-            password: None,
-            timeout_ms: 2_000,
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use actix::{Addr, MailboxError};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     actors::{
@@ -69,7 +69,7 @@ pub struct RecalculateUsageAction {
 pub type RecalculateUsageActionResult = actors::RecalculateUsageResult;
 
 /// One agent as `GET /v1/agents` lists it: its row and what its actor last saw.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AgentListing {
     #[serde(flatten)]
     pub row: AgentRow,
@@ -92,7 +92,7 @@ pub struct Supervisor {
 }
 
 /// What `/readyz` reports: each dependency's state, `None` when it is fine.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Readiness {
     pub ready: bool,
     pub database: Option<String>,

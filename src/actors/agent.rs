@@ -12,20 +12,20 @@ use actix::prelude::*;
 use actix_web::web::Bytes;
 use chrono::{DateTime, Utc};
 use rand::Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use super::{Deps, OUTCOMES_KEPT};
 use crate::{
     db::{models::NewAgentEvent, queries},
-    domain::AgentId,
+    domain::{AgentId, EventAction, EventOutcome},
     error::{ErrorCode, Problem},
-    watcher::client::{self, WatcherCommand},
+    watcher::{self, AgentState, WatcherCommand, WatcherReply, precheck},
 };
 
 /// What the actor last observed of its watcher.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Observation {
     /// `agent-status` as the watcher reported it (`active`, `inactive`, `failed`, ...), if it answered.
     pub agent_status: Option<String>,
@@ -37,12 +37,12 @@ pub struct Observation {
 }
 
 /// How a finished command ended.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CommandOutcome {
     pub event_id: Option<i64>,
     pub command: WatcherCommand,
     pub requester: String,
-    pub outcome: &'static str,
+    pub outcome: EventOutcome,
     pub http_status: u16,
     pub finished_at: DateTime<Utc>,
     pub elapsed_ms: u64,
@@ -101,7 +101,7 @@ pub struct WatcherCommandResult {
 #[rtype(result = "AgentSnapshot")]
 pub struct GetSnapshot;
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AgentSnapshot {
     pub agent_id: AgentId,
     pub watcher: Option<Observation>,
@@ -247,12 +247,12 @@ impl AgentActor {
             );
             let event = NewAgentEvent {
                 agent_id: self.id.to_string(),
-                action: "observe".into(),
+                action: EventAction::Observe,
                 requester: "supervisor".into(),
                 requested_at: o.at,
                 started_at: Some(o.at),
                 finished_at: Some(o.at),
-                outcome: "observed".into(),
+                outcome: EventOutcome::Observed,
                 http_status: None,
                 detail: json!({
                     "from": {"reachable": before.0, "agent_status": before.1},
@@ -368,23 +368,30 @@ impl Handler<GetSnapshot> for AgentActor {
     }
 }
 
+/// Resolves the agent's watcher and token, makes one call (`None`: status; else the command) within its timeout, and
+/// records the call in the metrics.
+async fn call_watcher(id: &AgentId, deps: &Deps, command: Option<WatcherCommand>) -> Result<WatcherReply, Problem> {
+    let addr = deps.directory.watcher_address(id).await?;
+    let token = deps.directory.watcher_token().await?;
+    let called = Instant::now();
+    let reply = match command {
+        None => watcher::get_status(&addr, &token, deps.settings.status_timeout).await,
+        Some(c) => watcher::send_command(&addr, &token, c, deps.settings.command_timeout).await,
+    }
+    .map_err(Problem::from);
+    let outcome = reply.as_ref().map_or_else(|p| p.code.as_str(), |_| "ok");
+    deps.metrics.observe_watcher(command.map_or("status", WatcherCommand::as_str), outcome, called.elapsed());
+    reply
+}
+
 /// Asks the watcher for its status; always yields an observation, even of a failure.
 async fn fetch_status(id: AgentId, deps: Deps) -> (Result<GetWatcherStatusResult, Problem>, Observation) {
     let started = Instant::now();
-    let result = async {
-        let addr = deps.directory.watcher_address(&id).await.map_err(Problem::from)?;
-        let token = deps.directory.watcher_token().await.map_err(Problem::from)?;
-        let called = Instant::now();
-        let reply = client::get_status(&addr, &token, deps.settings.status_timeout).await.map_err(Problem::from);
-        let outcome = reply.as_ref().map_or_else(|p| p.code.as_str(), |_| "ok");
-        deps.metrics.observe_watcher("status", outcome, called.elapsed());
-        reply
-    }
-    .await;
+    let result = call_watcher(&id, &deps, None).await;
     let latency_ms = started.elapsed().as_millis() as u64;
     let observation = match &result {
         Ok(reply) => Observation {
-            agent_status: reply.body.get("agent-status").and_then(Value::as_str).map(str::to_owned),
+            agent_status: reply.agent_state().map(|s| s.as_str().to_owned()),
             reachable: true,
             at: Utc::now(),
             latency_ms,
@@ -421,12 +428,12 @@ async fn execute(
     let wc = command.watcher();
     let event = NewAgentEvent {
         agent_id: id.to_string(),
-        action: wc.as_str().into(),
+        action: EventAction::of_command(wc),
         requester: requester.clone(),
         requested_at,
         started_at: Some(Utc::now()),
         finished_at: None,
-        outcome: "running".into(),
+        outcome: EventOutcome::Running,
         http_status: None,
         detail: json!({"force": matches!(command, Command::Stop { force: true })}),
     };
@@ -435,7 +442,7 @@ async fn execute(
         Ok(eid) => eid,
         Err(e) => {
             let p = Problem::from(e).for_agent(id.as_str());
-            let outcome = outcome_of(None, wc, &requester, "failed", p.status(), started);
+            let outcome = outcome_of(None, wc, &requester, EventOutcome::Failed, p.status(), started);
             return (Err(p), None, outcome);
         }
     };
@@ -443,20 +450,20 @@ async fn execute(
     let (result, observation) = run_command(&id, &deps, command).await;
     let elapsed_ms = started.elapsed().as_millis() as u64;
     let (label, status, detail) = match &result {
-        Ok(data) => ("succeeded", 200u16, json!({"watcher": data, "elapsed_ms": elapsed_ms})),
+        Ok(data) => (EventOutcome::Succeeded, 200u16, json!({"watcher": data, "elapsed_ms": elapsed_ms})),
         Err(p) => {
             let label = match p.code {
                 ErrorCode::AgentAlreadyRunning | ErrorCode::AgentAlreadyStopped | ErrorCode::AgentHasRunningKernels => {
-                    "rejected"
+                    EventOutcome::Rejected
                 }
                 // The watcher may still finish the command after we stopped waiting.
-                ErrorCode::WatcherTimeout => "unknown",
-                _ => "failed",
+                ErrorCode::WatcherTimeout => EventOutcome::Unknown,
+                _ => EventOutcome::Failed,
             };
             (label, p.status(), json!({"problem": p.to_json(), "elapsed_ms": elapsed_ms}))
         }
     };
-    tracing::info!(outcome = label, http_status = status, elapsed_ms, "command finished");
+    tracing::info!(outcome = %label, http_status = status, elapsed_ms, "command finished");
     let finished = Finished { event_id, label, status, detail, at: Utc::now() };
     if let Err(e) = finished.record(&deps.db).await {
         // The command ran; its row must not stay `running` (it would read as interrupted after a restart).
@@ -473,7 +480,7 @@ async fn execute(
 /// A finished command's outcome, as its audit row records it.
 struct Finished {
     event_id: i64,
-    label: &'static str,
+    label: EventOutcome,
     status: u16,
     detail: Value,
     at: DateTime<Utc>,
@@ -502,13 +509,13 @@ async fn record_outcome_later(db: crate::db::Db, finished: Finished) {
         actix_rt::time::sleep(OUTCOME_RETRY_EVERY).await;
         match finished.record(&db).await {
             Ok(()) => {
-                tracing::info!(event_id, outcome = label, "recorded the command's outcome after the database returned");
+                tracing::info!(event_id, outcome = %label, "recorded the command's outcome after the database returned");
                 return;
             }
             Err(e) => tracing::debug!(event_id, error = %e, "the command's outcome is still not recorded"),
         }
     }
-    tracing::error!(event_id, outcome = label, "gave up recording the command's outcome");
+    tracing::error!(event_id, outcome = %label, "gave up recording the command's outcome");
 }
 
 /// How often, and for how long, an outcome that could not be written is retried.
@@ -519,7 +526,7 @@ fn outcome_of(
     event_id: Option<i64>,
     command: WatcherCommand,
     requester: &str,
-    outcome: &'static str,
+    outcome: EventOutcome,
     http_status: u16,
     started: Instant,
 ) -> CommandOutcome {
@@ -544,21 +551,11 @@ async fn run_command(id: &AgentId, deps: &Deps, command: Command) -> (Result<Val
             Ok(s) => s,
             Err(p) => return (Err(p), observation),
         };
-        let agent_status = status.data.get("agent-status").and_then(Value::as_str).unwrap_or("");
-        match (command, agent_status) {
-            (Command::Start, "active" | "activating" | "reloading") => {
-                let p = Problem::new(
-                    ErrorCode::AgentAlreadyRunning,
-                    format!("agent {id} is {agent_status}; start was not sent"),
-                );
-                return (Err(p), observation);
-            }
-            (Command::Stop { .. }, "inactive") => {
-                let p =
-                    Problem::new(ErrorCode::AgentAlreadyStopped, format!("agent {id} is inactive; stop was not sent"));
-                return (Err(p), observation);
-            }
-            _ => {}
+        // The protocol's table, so that Backend.AI's watcher (which runs anything) is refused as ours refuses.
+        let state = AgentState::parse(status.data.get("agent-status").and_then(Value::as_str).unwrap_or(""));
+        let wc = command.watcher();
+        if let Some(p) = precheck(wc, &state).refusal(format!("agent {id} is {state}; {wc} was not sent")) {
+            return (Err(p), observation);
         }
         if let Command::Stop { force: false } = command {
             let count =
@@ -579,17 +576,6 @@ async fn run_command(id: &AgentId, deps: &Deps, command: Command) -> (Result<Val
             }
         }
     }
-    let reply = async {
-        let addr = deps.directory.watcher_address(id).await.map_err(Problem::from)?;
-        let token = deps.directory.watcher_token().await.map_err(Problem::from)?;
-        let called = Instant::now();
-        let reply = client::send_command(&addr, &token, command.watcher(), deps.settings.command_timeout)
-            .await
-            .map_err(Problem::from);
-        let outcome = reply.as_ref().map_or_else(|p| p.code.as_str(), |_| "ok");
-        deps.metrics.observe_watcher(command.watcher().as_str(), outcome, called.elapsed());
-        reply
-    }
-    .await;
+    let reply = call_watcher(id, deps, Some(command.watcher())).await;
     (reply.map(|r| r.body), observation)
 }

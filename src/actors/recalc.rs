@@ -4,7 +4,7 @@
 //! during one run share that next run; N concurrent requests cause at most two runs.
 
 use actix::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::RegistryActor;
@@ -21,7 +21,7 @@ pub struct RecalculateUsage {
 }
 
 /// `RecalculateUsageActionResult`: which run answered, and its report.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RecalculateUsageResult {
     /// Sequence number of the run since the daemon started.
     pub run: u64,

@@ -4,13 +4,13 @@
 use std::{
     collections::HashMap,
     hash::{BuildHasher, BuildHasherDefault, DefaultHasher},
-    sync::{Arc, Mutex, PoisonError, RwLock},
-    thread::ThreadId,
+    sync::{Arc, PoisonError, RwLock},
     time::Duration,
 };
 
 use actix::prelude::*;
 use actix_rt::ArbiterHandle;
+use agent_supervisor_common::workers::Workers;
 
 use super::{AgentActor, Deps};
 use crate::{
@@ -52,71 +52,50 @@ impl AgentTable {
 /// its actor, and the actor answers, without a hand-off between threads. Without registered threads (the actor layer
 /// used without HTTP), actors live on the registry's thread.
 #[derive(Clone, Default)]
-pub struct ActorHomes(Arc<Mutex<Vec<(ThreadId, ArbiterHandle)>>>);
+pub struct ActorHomes(Workers);
 
 impl ActorHomes {
     /// Registers the calling thread's arbiter, once per thread (the HTTP app factory runs on each worker thread).
     pub fn register_current(&self) {
-        let Some(handle) = actix_rt::Arbiter::try_current() else { return };
-        let id = std::thread::current().id();
-        let mut homes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if !homes.iter().any(|(t, _)| *t == id) {
-            homes.push((id, handle));
-        }
+        self.0.register_current();
     }
 
     pub fn len(&self) -> usize {
-        self.0.lock().map(|h| h.len()).unwrap_or(0)
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.0.is_empty()
     }
 
     /// The agent threads' arbiters, in the order they registered.
     pub fn handles(&self) -> Vec<ArbiterHandle> {
-        self.0.lock().map(|h| h.iter().map(|(_, a)| a.clone()).collect()).unwrap_or_default()
+        self.0.handles()
     }
 
-    /// Whether every agent thread runs its event loop: each is given an empty task, which must run `within`. A
-    /// thread that has ended is not counted (its actors are started again elsewhere); one that does not get to the
-    /// task is stuck, and so are the actors on it.
+    /// Whether every agent thread runs its event loop (see [`Workers::check`]).
     pub async fn check(&self, within: Duration) -> Result<(), String> {
-        let pending: Vec<_> = {
-            let homes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-            homes
-                .iter()
-                .enumerate()
-                .filter_map(|(i, (_, handle))| {
-                    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-                    handle
-                        .spawn(async move { drop(tx) })
-                        .then_some(async move { (i, actix_rt::time::timeout(within, rx).await.is_ok()) })
-                })
-                .collect()
-        };
-        match futures_util::future::join_all(pending).await.into_iter().find(|(_, answered)| !answered) {
-            Some((i, _)) => Err(format!("agent thread {i} did not run a task within {} ms", within.as_millis())),
-            None => Ok(()),
-        }
+        self.0.check(within, "agent thread").await
     }
 
     /// Starts `id`'s actor on its home thread, forgetting homes whose thread has stopped; on the current thread
     /// when no home is left.
     fn start(&self, id: &AgentId, make: impl Fn() -> AgentActor + Send + Clone + 'static) -> Addr<AgentActor> {
         let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(id.as_str());
-        let mut homes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        while !homes.is_empty() {
+        loop {
+            let homes = self.0.handles();
+            if homes.is_empty() {
+                return make().start();
+            }
             let at = (hash % homes.len() as u64) as usize;
             let make = make.clone();
-            let addr = AgentActor::start_in_arbiter(&homes[at].1, move |_| make());
+            let addr = AgentActor::start_in_arbiter(&homes[at], move |_| make());
             // A stopped arbiter drops the start-up closure, and with it the actor's mailbox.
             if addr.connected() {
                 return addr;
             }
-            homes.swap_remove(at);
+            self.0.forget(at);
         }
-        make().start()
     }
 }
 

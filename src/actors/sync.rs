@@ -3,7 +3,7 @@
 
 use actix::prelude::*;
 use chrono::Utc;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{Deps, RegistryActor};
@@ -12,7 +12,7 @@ use crate::{
         models::{AgentRow, NewAgentEvent},
         queries,
     },
-    domain::AgentId,
+    domain::{AgentId, EventAction, EventOutcome},
     error::{ErrorCode, Problem},
 };
 
@@ -25,7 +25,7 @@ pub struct SyncAgentRegistry {
 }
 
 /// `SyncAgentRegistryActionResult`: the agent's full row after the sync, and what was sent.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SyncAgentRegistryResult {
     pub agent: AgentRow,
     /// `(kernel_id, session_id)` pairs sent; 0 means no RPC was made (as in Backend.AI).
@@ -81,18 +81,18 @@ async fn sync(deps: Deps, msg: SyncAgentRegistry) -> Result<SyncAgentRegistryRes
             .map_err(Problem::from)
     };
     let (outcome, status, detail) = match &rpc {
-        Ok(()) => ("succeeded", 200, json!({"kernels_sent": pairs.len(), "warnings": warnings})),
-        Err(p) => ("failed", p.status(), json!({"kernels_sent": pairs.len(), "problem": p.to_json()})),
+        Ok(()) => (EventOutcome::Succeeded, 200, json!({"kernels_sent": pairs.len(), "warnings": warnings})),
+        Err(p) => (EventOutcome::Failed, p.status(), json!({"kernels_sent": pairs.len(), "problem": p.to_json()})),
     };
-    tracing::info!(outcome, kernels = pairs.len(), warnings = warnings.len(), "sync finished");
+    tracing::info!(outcome = %outcome, kernels = pairs.len(), warnings = warnings.len(), "sync finished");
     let event = NewAgentEvent {
         agent_id: id.to_string(),
-        action: "sync".into(),
+        action: EventAction::Sync,
         requester: msg.requester,
         requested_at,
         started_at: Some(requested_at),
         finished_at: Some(Utc::now()),
-        outcome: outcome.into(),
+        outcome,
         http_status: Some(status as i16),
         detail,
     };

@@ -29,6 +29,8 @@ pub const CONNECT_BOUND: Duration = Duration::from_secs(5);
 const LIVENESS_WINDOW: Duration = Duration::from_secs(1);
 /// A worker with no call for this long closes its socket and ends its thread.
 const IDLE_CLOSE: Duration = Duration::from_secs(300);
+/// Beyond the connect bound and the reply timeout, how long a caller waits for a worker that may have died.
+const WORKER_GUARD_SLACK: Duration = Duration::from_secs(1);
 /// The Python manager's keepalive options for agent connections (`rpc_keepalive_timeout` 60 s).
 const TCP_KEEPALIVE_IDLE_S: i32 = 60;
 const TCP_KEEPALIVE_INTVL_S: i32 = 20;
@@ -137,7 +139,7 @@ impl AgentRpc {
         let (reply, rx) = oneshot::channel();
         self.submit(key, Job { meth, call, reply })?;
         // The worker enforces the connect bound and the reply timeout; this guard only covers a worker that died.
-        let guard = self.connect_bound() + self.inner.timeout + Duration::from_secs(1);
+        let guard = self.connect_bound() + self.inner.timeout + WORKER_GUARD_SLACK;
         match tokio::time::timeout(guard, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(RpcError::Unavailable(format!("the RPC connection to {addr} stopped"))),

@@ -10,6 +10,7 @@ pub mod openapi;
 pub mod params;
 pub mod problem;
 mod requester;
+pub mod types;
 mod v1;
 
 use actix_web::web;

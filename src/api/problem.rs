@@ -1,23 +1,10 @@
-//! problem+json at the HTTP edge: every error leaves the daemon as an RFC 7807 document.
+//! problem+json at the HTTP edge: every error leaves the daemon as an RFC 7807 document (the `ResponseError` impl is
+//! `agent_supervisor_protocol::http`, shared with the watcher).
 
-use actix_web::{HttpResponse, ResponseError, http::StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+pub use agent_supervisor_protocol::http::PROBLEM_JSON;
 
 use crate::error::{ErrorCode, Problem};
-
-pub const PROBLEM_JSON: &str = "application/problem+json";
-
-impl ResponseError for Problem {
-    fn status_code(&self) -> StatusCode {
-        StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        if self.status() >= 500 {
-            tracing::warn!(error_code = self.code.as_str(), agent.id = ?self.agent_id, detail = %self.detail, "request failed");
-        }
-        HttpResponse::build(self.status_code()).content_type(PROBLEM_JSON).body(self.to_json().to_string())
-    }
-}
 
 /// Fallback for unknown routes.
 pub async fn not_found() -> HttpResponse {

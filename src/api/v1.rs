@@ -1,72 +1,27 @@
 //! Our own `/v1` API: richer answers (audit ids, timings, cached supervision state).
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde::Serialize;
-use serde_json::Value;
-use utoipa::ToSchema;
 
 use super::{
     AppState, Authenticated, Superadmin,
     openapi::{
         AgentNotFound, BadRequest, Forbidden, InternalError, ProblemDocument, RpcBadGateway, RpcTimeout, Unauthorized,
-        Unavailable, WatcherBadGateway, WatcherForbidden, WatcherReport, WatcherTimeout, WatcherUnauthorized,
+        Unavailable, WatcherBadGateway, WatcherForbidden, WatcherTimeout, WatcherUnauthorized,
     },
     params::{force_from_query, parse_agent_id, parse_bool, query_pairs},
+    types::{AgentEvents, AgentList, CommandReply, WatcherStatusReply, WhoAmI},
 };
 use crate::{
     actors::{RecalculateUsageResult, SyncAgentRegistryResult},
-    db::models::AgentEventRow,
-    domain::AgentId,
     error::Problem,
     service::{
-        AgentListing, GetWatcherStatusAction, RecalculateUsageAction, SyncAgentRegistryAction,
-        WatcherAgentRestartAction, WatcherAgentStartAction, WatcherAgentStopAction, WatcherCommandActionResult,
+        GetWatcherStatusAction, RecalculateUsageAction, SyncAgentRegistryAction, WatcherAgentRestartAction,
+        WatcherAgentStartAction, WatcherAgentStopAction, WatcherCommandActionResult,
     },
-    watcher::client::WatcherCommand,
 };
 
 const DEFAULT_EVENTS: i64 = 50;
 const MAX_EVENTS: i64 = 1000;
-
-/// The verified caller.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WhoAmI {
-    pub access_key: String,
-    pub is_superadmin: bool,
-}
-
-/// `GET /v1/agents`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AgentList {
-    pub agents: Vec<AgentListing>,
-}
-
-/// `GET /v1/agents/{id}/watcher`: the watcher's JSON and how long it took to answer.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WatcherStatusReply {
-    pub agent_id: AgentId,
-    #[schema(value_type = WatcherReport)]
-    pub watcher: Value,
-    pub latency_ms: u64,
-}
-
-/// A finished start/stop/restart: the watcher's JSON, the audit event and the time taken.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CommandReply {
-    pub agent_id: AgentId,
-    pub command: WatcherCommand,
-    /// The watcher's JSON, verbatim (`{"result": "ok"}` from ours and Backend.AI's).
-    pub result: Value,
-    pub event_id: i64,
-    pub elapsed_ms: u64,
-}
-
-/// `GET /v1/agents/{id}/events`: the audit trail, newest first.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AgentEvents {
-    pub agent_id: AgentId,
-    pub events: Vec<AgentEventRow>,
-}
 
 /// The verified caller: lets a client check its credentials (any active keypair).
 #[utoipa::path(get, path = "/v1/whoami", tag = "v1", operation_id = "whoami",
@@ -140,7 +95,7 @@ pub async fn watcher_status(
     let r = state.supervisor.get_watcher_status(GetWatcherStatusAction { agent_id }).await?;
     Ok(HttpResponse::Ok().json(WatcherStatusReply {
         agent_id: r.agent_id,
-        watcher: Value::clone(&r.data),
+        watcher: serde_json::Value::clone(&r.data),
         latency_ms: r.latency_ms,
     }))
 }

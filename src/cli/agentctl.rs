@@ -19,7 +19,10 @@ use self::{
     bulk::BulkPlan,
     client::{Client, CtlError, Settings},
     commands::{CommandOpts, Verb, encode},
-    render::{Table, age, duration_ms, parse_time},
+    render::{Table, age, duration_ms},
+};
+use crate::api::types::{
+    AgentEvents, AgentList, RecalculateUsageResult, SyncAgentRegistryResult, WatcherStatusReply, WhoAmI,
 };
 
 /// Where the daemon listens by default (`api.listen`).
@@ -243,7 +246,7 @@ fn plan(verb: Verb, args: BulkArgs, opts: CommandOpts) -> BulkPlan {
     }
 }
 
-fn print_json(v: &Value) {
+fn print_json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
@@ -255,57 +258,46 @@ fn fail(e: CtlError, json_out: bool) -> CtlError {
     e
 }
 
-fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or("-")
-}
-
 async fn agents(client: &Client, scaling_group: Option<&str>, json_out: bool) -> Result<(), CtlError> {
     let path = match scaling_group {
         Some(g) => format!("/v1/agents?scaling_group={}", encode(g)),
         None => "/v1/agents".to_owned(),
     };
-    let listing = client.get(&path).await.map_err(|e| fail(e, json_out))?;
+    let listing: AgentList = client.get(&path).await.map_err(|e| fail(e, json_out))?;
     if json_out {
         print_json(&listing);
         return Ok(());
     }
     let now = chrono::Utc::now();
     let mut table = Table::new(&["ID", "STATUS", "SCALING GROUP", "WATCHER", "LAST SEEN", "IN FLIGHT"]);
-    let empty = Vec::new();
-    let rows = listing.get("agents").and_then(Value::as_array).unwrap_or(&empty);
-    for a in rows {
-        let supervision = a.get("supervision").filter(|s| !s.is_null());
-        let watcher = supervision.and_then(|s| s.get("watcher")).filter(|w| !w.is_null());
+    for a in &listing.agents {
+        let watcher = a.supervision.as_ref().and_then(|s| s.watcher.as_ref());
         let state = match watcher {
             None => "unknown".to_owned(),
-            Some(w) if w.get("reachable").and_then(Value::as_bool) == Some(false) => "unreachable".to_owned(),
-            Some(w) => w.get("agent_status").and_then(Value::as_str).unwrap_or("unknown").to_owned(),
+            Some(w) if !w.reachable => "unreachable".to_owned(),
+            Some(w) => w.agent_status.clone().unwrap_or_else(|| "unknown".to_owned()),
         };
-        let seen = parse_time(watcher.and_then(|w| w.get("at"))).map_or("-".to_owned(), |t| age(t, now));
-        let in_flight = match supervision {
-            Some(s) => {
-                let cmd = s.get("in_flight").and_then(Value::as_str);
-                let queued = s.get("queued").and_then(Value::as_u64).unwrap_or(0);
-                match (cmd, queued) {
-                    (None, 0) => "-".to_owned(),
-                    (None, q) => format!("- (+{q} queued)"),
-                    (Some(c), 0) => c.to_owned(),
-                    (Some(c), q) => format!("{c} (+{q} queued)"),
-                }
-            }
+        let seen = watcher.map_or("-".to_owned(), |w| age(w.at, now));
+        let in_flight = match &a.supervision {
+            Some(s) => match (s.in_flight, s.queued) {
+                (None, 0) => "-".to_owned(),
+                (None, q) => format!("- (+{q} queued)"),
+                (Some(c), 0) => c.to_string(),
+                (Some(c), q) => format!("{c} (+{q} queued)"),
+            },
             None => "-".to_owned(),
         };
         table.row(vec![
-            str_of(a, "id").into(),
-            str_of(a, "status").into(),
-            str_of(a, "scaling_group").into(),
+            a.row.id.clone(),
+            a.row.status.to_string(),
+            a.row.scaling_group.clone(),
             state,
             seen,
             in_flight,
         ]);
     }
     print!("{}", table.render());
-    if rows.is_empty() {
+    if listing.agents.is_empty() {
         println!("(no agents{})", scaling_group.map(|g| format!(" in scaling group {g:?}")).unwrap_or_default());
     }
     Ok(())
@@ -315,17 +307,17 @@ async fn agents(client: &Client, scaling_group: Option<&str>, json_out: bool) ->
 async fn watcher_status(client: &Client, agents: &[String], json_out: bool) -> Result<(), CtlError> {
     let mut failed = 0;
     for id in agents {
-        match client.get(&format!("/v1/agents/{}/watcher", encode(id))).await {
-            Ok(v) => {
+        match client.get::<WatcherStatusReply>(&format!("/v1/agents/{}/watcher", encode(id))).await {
+            Ok(r) => {
                 if json_out {
-                    println!("{v}");
+                    println!("{}", serde_json::to_string(&r).unwrap_or_default());
                 } else {
-                    let w = v.get("watcher").unwrap_or(&Value::Null);
-                    let latency = v.get("latency_ms").and_then(Value::as_u64).map(duration_ms).unwrap_or_default();
+                    let word = |k: &str| r.watcher.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
                     println!(
-                        "{id}: {} (watcher {}, {latency})",
-                        str_of(w, "agent-status"),
-                        str_of(w, "watcher-status")
+                        "{id}: {} (watcher {}, {})",
+                        word("agent-status"),
+                        word("watcher-status"),
+                        duration_ms(r.latency_ms)
                     );
                 }
             }
@@ -377,64 +369,59 @@ fn many_failed(failed: usize, total: usize, what: &str) -> Result<(), CtlError> 
 }
 
 async fn sync(client: &Client, agent: &str, json_out: bool) -> Result<(), CtlError> {
-    let r = client.post(&format!("/v1/agents/{}/sync", encode(agent))).await.map_err(|e| fail(e, json_out))?;
+    let r: SyncAgentRegistryResult =
+        client.post(&format!("/v1/agents/{}/sync", encode(agent))).await.map_err(|e| fail(e, json_out))?;
     if json_out {
         print_json(&r);
         return Ok(());
     }
-    let row = r.get("agent").unwrap_or(&Value::Null);
-    let sent = r.get("kernels_sent").and_then(Value::as_u64).unwrap_or(0);
-    if r.get("rpc_sent").and_then(Value::as_bool).unwrap_or(false) {
-        println!("{agent}: synced, {sent} kernel{} sent to {}", if sent == 1 { "" } else { "s" }, str_of(row, "addr"));
+    let sent = r.kernels_sent;
+    if r.rpc_sent {
+        println!("{agent}: synced, {sent} kernel{} sent to {}", if sent == 1 { "" } else { "s" }, r.agent.addr);
     } else {
         println!("{agent}: no kernels to sync (no RPC sent)");
     }
     println!(
         "  status {}, scaling group {}, occupied {}",
-        str_of(row, "status"),
-        str_of(row, "scaling_group"),
-        row.get("occupied_slots").map_or("-".into(), Value::to_string)
+        r.agent.status,
+        r.agent.scaling_group,
+        serde_json::to_string(&r.agent.occupied_slots).unwrap_or_default()
     );
-    for w in r.get("warnings").and_then(Value::as_array).into_iter().flatten() {
-        println!("  warning: {}", w.as_str().unwrap_or_default());
+    for w in &r.warnings {
+        println!("  warning: {w}");
     }
     Ok(())
 }
 
 async fn recalculate(client: &Client, json_out: bool) -> Result<(), CtlError> {
-    let r = client.post("/v1/usage/recalculate").await.map_err(|e| fail(e, json_out))?;
+    let r: RecalculateUsageResult = client.post("/v1/usage/recalculate").await.map_err(|e| fail(e, json_out))?;
     if json_out {
         print_json(&r);
         return Ok(());
     }
-    let num = |k: &str| r.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let list = |k: &str| -> Vec<String> {
-        r.get(k).and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect()
-    };
-    let attempts = num("attempts");
+    let report = &r.report;
     println!(
-        "recalculated usage of {} agents in {} ({attempts} attempt{}, run {})",
-        num("agents_total"),
-        duration_ms(num("elapsed_ms")),
-        if attempts == 1 { "" } else { "s" },
-        num("run")
+        "recalculated usage of {} agents in {} ({} attempt{}, run {})",
+        report.agents_total,
+        duration_ms(report.elapsed_ms),
+        report.attempts,
+        if report.attempts == 1 { "" } else { "s" },
+        r.run
     );
-    for (label, key) in [("updated", "agents_updated"), ("reset  ", "agents_reset")] {
-        let ids = list(key);
+    for (label, ids) in [("updated", &report.agents_updated), ("reset  ", &report.agents_reset)] {
         let shown = if ids.is_empty() { String::new() } else { format!(": {}", ids.join(", ")) };
         println!("  {label} {}{shown}", ids.len());
     }
-    let skipped: Vec<&Value> = r.get("agents_skipped").and_then(Value::as_array).into_iter().flatten().collect();
-    println!("  skipped {}", skipped.len());
-    for s in skipped {
-        println!("    {} ({}): {}", str_of(s, "agent_id"), str_of(s, "status"), str_of(s, "reason"));
+    println!("  skipped {}", report.agents_skipped.len());
+    for s in &report.agents_skipped {
+        println!("    {} ({}): {}", s.agent_id, s.status, s.reason);
     }
-    println!("  access keys: {} updated, {} reset to 0", num("access_keys_updated"), num("access_keys_reset"));
+    println!("  access keys: {} updated, {} reset to 0", report.access_keys_updated, report.access_keys_reset);
     Ok(())
 }
 
 async fn events(client: &Client, agent: &str, limit: u16, json_out: bool) -> Result<(), CtlError> {
-    let r = client
+    let r: AgentEvents = client
         .get(&format!("/v1/agents/{}/events?limit={limit}", encode(agent)))
         .await
         .map_err(|e| fail(e, json_out))?;
@@ -443,46 +430,30 @@ async fn events(client: &Client, agent: &str, limit: u16, json_out: bool) -> Res
         return Ok(());
     }
     let mut table = Table::new(&["TIME", "ACTION", "REQUESTER", "OUTCOME", "HTTP", "DURATION"]);
-    let empty = Vec::new();
-    let rows = r.get("events").and_then(Value::as_array).unwrap_or(&empty);
-    for e in rows {
-        let requested = parse_time(e.get("requested_at"));
-        let time = requested.map_or("-".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%SZ").to_string());
-        let began = parse_time(e.get("started_at")).or(requested);
-        let duration = match (began, parse_time(e.get("finished_at"))) {
-            (Some(b), Some(f)) => duration_ms((f - b).num_milliseconds().max(0) as u64),
-            (Some(_), None) => "running".to_owned(),
-            _ => "-".to_owned(),
+    for e in &r.events {
+        let time = e.requested_at.format("%Y-%m-%d %H:%M:%SZ").to_string();
+        let began = e.started_at.unwrap_or(e.requested_at);
+        let duration = match e.finished_at {
+            Some(f) => duration_ms((f - began).num_milliseconds().max(0) as u64),
+            None => "running".to_owned(),
         };
-        let http = e.get("http_status").and_then(Value::as_u64).map_or("-".to_owned(), |s| s.to_string());
-        table.row(vec![
-            time,
-            str_of(e, "action").into(),
-            str_of(e, "requester").into(),
-            str_of(e, "outcome").into(),
-            http,
-            duration,
-        ]);
+        let http = e.http_status.map_or("-".to_owned(), |s| s.to_string());
+        table.row(vec![time, e.action.to_string(), e.requester.clone(), e.outcome.to_string(), http, duration]);
     }
     print!("{}", table.render());
-    if rows.is_empty() {
+    if r.events.is_empty() {
         println!("(no events for {agent})");
     }
     Ok(())
 }
 
 async fn whoami(client: &Client, json_out: bool) -> Result<(), CtlError> {
-    let r = client.get("/v1/whoami").await.map_err(|e| fail(e, json_out))?;
+    let r: WhoAmI = client.get("/v1/whoami").await.map_err(|e| fail(e, json_out))?;
     if json_out {
         print_json(&r);
     } else {
-        let admin = r.get("is_superadmin").and_then(Value::as_bool).unwrap_or(false);
-        println!(
-            "{} ({}) at {}",
-            str_of(&r, "access_key"),
-            if admin { "superadmin" } else { "not superadmin" },
-            client.endpoint()
-        );
+        let role = if r.is_superadmin { "superadmin" } else { "not superadmin" };
+        println!("{} ({role}) at {}", r.access_key, client.endpoint());
     }
     Ok(())
 }

@@ -54,6 +54,9 @@ const WATCHER_START_TIMEOUT: Duration = Duration::from_secs(30);
 const WATCHER_STOP_TIMEOUT: Duration = Duration::from_secs(20);
 const AGENT_STOP_TIMEOUT_MS: u64 = 5_000;
 const ETCD_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often start-up looks again whether etcd and each watcher are up, and how long one look may take.
+const START_POLL: Duration = Duration::from_millis(100);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Lines of a log shown when a step fails.
 const LOG_TAIL_LINES: usize = 20;
 
@@ -163,7 +166,7 @@ impl Tools {
         let watcher = dir.join("agent-watcher");
         if !watcher.is_file() {
             return Err(DevError::Missing(format!(
-                "agent-watcher not found next to {} (build it with `cargo build --bins`; scripts/dev does)",
+                "agent-watcher not found next to {} (build it with `cargo build --bins --features agent-supervisor/dev`; scripts/dev does)",
                 exe.display()
             )));
         }
@@ -680,7 +683,7 @@ fn etcd_spawn(tools: &Tools, layout: &Layout, port: u16, peer_port: u16) -> Resu
 
 /// Waits until etcd's `/health` reports a leader.
 async fn wait_etcd(etcd: &mut Owned, port: u16, log: &Path, shutdown: &Shutdown) -> Result<(), DevError> {
-    let client = awc::Client::builder().timeout(Duration::from_secs(1)).finish();
+    let client = awc::Client::builder().timeout(PROBE_TIMEOUT).finish();
     let deadline = Instant::now() + ETCD_START_TIMEOUT;
     loop {
         shutdown.check()?;
@@ -700,7 +703,7 @@ async fn wait_etcd(etcd: &mut Owned, port: u16, log: &Path, shutdown: &Shutdown)
                 format!("not healthy within {} s; {}", ETCD_START_TIMEOUT.as_secs(), tail(log)),
             ));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(START_POLL).await;
     }
 }
 
@@ -788,7 +791,7 @@ async fn wait_watcher(
     log: &Path,
     shutdown: &Shutdown,
 ) -> Result<(), DevError> {
-    let client = awc::Client::builder().timeout(Duration::from_secs(2)).finish();
+    let client = awc::Client::builder().timeout(PROBE_TIMEOUT).finish();
     let url = format!("http://127.0.0.1:{}/", agent.watcher_port);
     let what = format!("starting agent-watcher {} on 127.0.0.1:{}", agent.id, agent.watcher_port);
     let deadline = Instant::now() + WATCHER_START_TIMEOUT;
@@ -818,7 +821,7 @@ async fn wait_watcher(
                 ),
             ));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(START_POLL).await;
     }
 }
 

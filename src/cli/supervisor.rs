@@ -42,9 +42,11 @@ pub enum Command {
     #[command(subcommand)]
     Keypair(KeypairCommand),
     /// Run a whole local cluster: private PostgreSQL and etcd, agents under real agent-watchers, and the daemon.
+    #[cfg(feature = "dev")]
     Dev(super::dev::DevArgs),
     /// Run a stand-in agent: a Callosum RPC server that keeps a kernel registry and answers
     /// `sync_kernel_registry` as a Backend.AI agent does (for the dev stack and tests).
+    #[cfg(feature = "dev")]
     StandinAgent {
         /// HOST:PORT for the RPC server (ZeroMQ ROUTER).
         #[arg(long, default_value = "127.0.0.1:6001")]
@@ -55,6 +57,13 @@ pub enum Command {
         /// Initial registry entries, KERNEL_ID:SESSION_ID (repeatable).
         #[arg(long = "kernel", value_parser = parse_pair)]
         kernels: Vec<(uuid::Uuid, uuid::Uuid)>,
+    },
+    /// (Built without the feature `dev`: says how to get the dev stack.)
+    #[cfg(not(feature = "dev"))]
+    #[command(hide = true, name = "dev", alias = "standin-agent")]
+    DevMissing {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
 }
 
@@ -122,9 +131,18 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    #[cfg(not(feature = "dev"))]
+    if let Command::DevMissing { .. } = cli.command {
+        eprintln!(
+            "agent-supervisor: this build has no dev stack; build it with `cargo build --bins --features agent-supervisor/dev` (scripts/dev does)"
+        );
+        return ExitCode::from(2);
+    }
+    #[cfg(feature = "dev")]
     if let Command::Dev(args) = cli.command {
         return super::dev::main(args, config);
     }
+    #[cfg(feature = "dev")]
     if let Command::StandinAgent { rpc_listen, agent_id, kernels } = &cli.command {
         crate::telemetry::init(config.log.format, &config.log.level);
         let mut cfg = crate::agent_rpc::StandinConfig::new(rpc_listen.clone(), agent_id.clone());
@@ -158,7 +176,12 @@ pub fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Migrate { revert_all } => migrate(&config, revert_all).await.map_err(|e| e.to_string()),
-            Command::Serve | Command::StandinAgent { .. } | Command::Dev(_) => Ok(()),
+            // Handled above.
+            Command::Serve => Ok(()),
+            #[cfg(feature = "dev")]
+            Command::StandinAgent { .. } | Command::Dev(_) => Ok(()),
+            #[cfg(not(feature = "dev"))]
+            Command::DevMissing { .. } => Ok(()),
             Command::CheckConfig => {
                 println!("{config:#?}");
                 Ok(())
@@ -188,6 +211,7 @@ async fn migrate(config: &Config, revert_all: bool) -> Result<(), db::DbError> {
     Ok(())
 }
 
+#[cfg(feature = "dev")]
 fn parse_pair(raw: &str) -> Result<(uuid::Uuid, uuid::Uuid), String> {
     let (k, s) = raw.split_once(':').ok_or_else(|| format!("{raw:?} is not KERNEL_ID:SESSION_ID"))?;
     let k = k.parse().map_err(|e| format!("kernel id {k:?}: {e}"))?;

@@ -2,11 +2,11 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::schema::{agent_events, agents, kernels, keypair_resource_usage, keypairs, scaling_groups, sessions};
-use crate::domain::{AgentStatus, KernelStatus, ResourceSlot, SessionStatus, SessionType};
+use crate::domain::{AgentStatus, EventAction, EventOutcome, KernelStatus, ResourceSlot, SessionStatus, SessionType};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Queryable, Selectable, Insertable)]
 #[diesel(table_name = scaling_groups, check_for_backend(diesel::pg::Pg))]
@@ -20,7 +20,7 @@ pub struct ScalingGroupRow {
 }
 
 /// An `agents` row with every column (what sync returns).
-#[derive(Debug, Clone, PartialEq, Serialize, Queryable, Selectable, Insertable, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Queryable, Selectable, Insertable, utoipa::ToSchema)]
 #[diesel(table_name = agents, check_for_backend(diesel::pg::Pg))]
 pub struct AgentRow {
     pub id: String,
@@ -107,18 +107,18 @@ impl std::fmt::Debug for KeypairRow {
     }
 }
 
-/// One audited command: inserted when accepted, updated when it starts and ends.
-#[derive(Debug, Clone, PartialEq, Serialize, Queryable, Selectable, utoipa::ToSchema)]
+/// One audited event: a command's row is inserted when it starts (`running`) and updated when it ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Queryable, Selectable, utoipa::ToSchema)]
 #[diesel(table_name = agent_events, check_for_backend(diesel::pg::Pg))]
 pub struct AgentEventRow {
     pub id: i64,
     pub agent_id: String,
-    pub action: String,
+    pub action: EventAction,
     pub requester: String,
     pub requested_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
-    pub outcome: String,
+    pub outcome: EventOutcome,
     pub http_status: Option<i16>,
     pub detail: serde_json::Value,
 }
@@ -127,12 +127,12 @@ pub struct AgentEventRow {
 #[diesel(table_name = agent_events, check_for_backend(diesel::pg::Pg))]
 pub struct NewAgentEvent {
     pub agent_id: String,
-    pub action: String,
+    pub action: EventAction,
     pub requester: String,
     pub requested_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
-    pub outcome: String,
+    pub outcome: EventOutcome,
     pub http_status: Option<i16>,
     pub detail: serde_json::Value,
 }

@@ -10,7 +10,7 @@ use super::{
     query_error,
     schema::{agent_events, agents, kernels},
 };
-use crate::domain::KernelStatus;
+use crate::domain::{EventOutcome, KernelStatus};
 
 /// Every agent id, in order.
 pub async fn agent_ids(conn: &mut AsyncPgConnection) -> Result<Vec<String>, DbError> {
@@ -55,7 +55,7 @@ pub async fn insert_event(conn: &mut AsyncPgConnection, event: &NewAgentEvent) -
 pub async fn finish_event(
     conn: &mut AsyncPgConnection,
     id: i64,
-    outcome: &str,
+    outcome: EventOutcome,
     http_status: Option<i16>,
     detail: &serde_json::Value,
     finished_at: DateTime<Utc>,
@@ -91,8 +91,8 @@ pub async fn list_events(
 
 /// Commands still open from a previous run of the daemon (it died mid-command) are marked `interrupted`.
 pub async fn mark_open_events_interrupted(conn: &mut AsyncPgConnection) -> Result<usize, DbError> {
-    diesel::update(agent_events::table.filter(agent_events::outcome.eq_any(["queued", "running"])))
-        .set((agent_events::outcome.eq("interrupted"), agent_events::finished_at.eq(Some(Utc::now()))))
+    diesel::update(agent_events::table.filter(agent_events::outcome.eq(EventOutcome::Running)))
+        .set((agent_events::outcome.eq(EventOutcome::Interrupted), agent_events::finished_at.eq(Some(Utc::now()))))
         .execute(conn)
         .await
         .map_err(query_error)

@@ -25,7 +25,7 @@ use diesel::{
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rand::Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Db, DbError, query_error, schema::sql_types::Agentstatus};
 use crate::domain::AgentStatus;
@@ -48,7 +48,7 @@ impl Default for RecalcOptions {
 }
 
 /// An agent the recalculation left untouched, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SkippedAgent {
     pub agent_id: String,
     pub status: AgentStatus,
@@ -56,7 +56,7 @@ pub struct SkippedAgent {
 }
 
 /// What one recalculation did. Agent id lists are sorted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RecalcReport {
     /// Agents that exist, whatever their status (0: nothing was recalculated or written).
     pub agents_total: usize,

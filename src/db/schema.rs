@@ -4,22 +4,32 @@ pub mod sql_types {
     #[derive(diesel::query_builder::QueryId, Clone, diesel::sql_types::SqlType)]
     #[diesel(postgres_type(name = "agentstatus"))]
     pub struct Agentstatus;
+
+    #[derive(diesel::query_builder::QueryId, Clone, diesel::sql_types::SqlType)]
+    #[diesel(postgres_type(name = "event_action"))]
+    pub struct EventAction;
+
+    #[derive(diesel::query_builder::QueryId, Clone, diesel::sql_types::SqlType)]
+    #[diesel(postgres_type(name = "event_outcome"))]
+    pub struct EventOutcome;
 }
 
 diesel::table! {
+    use diesel::sql_types::*;
+    use super::sql_types::EventAction;
+    use super::sql_types::EventOutcome;
+
     agent_events (id) {
         id -> Int8,
         #[max_length = 64]
         agent_id -> Varchar,
-        #[max_length = 32]
-        action -> Varchar,
+        action -> EventAction,
         #[max_length = 256]
         requester -> Varchar,
         requested_at -> Timestamptz,
         started_at -> Nullable<Timestamptz>,
         finished_at -> Nullable<Timestamptz>,
-        #[max_length = 16]
-        outcome -> Varchar,
+        outcome -> EventOutcome,
         http_status -> Nullable<Int2>,
         detail -> Jsonb,
     }

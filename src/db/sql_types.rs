@@ -9,21 +9,28 @@ use diesel::{
     sql_types::{Jsonb, Text, Varchar},
 };
 
-use super::schema::sql_types::Agentstatus;
-use crate::domain::{AgentStatus, KernelStatus, ResourceSlot, SessionStatus, SessionType};
+use super::schema::sql_types::{Agentstatus, EventAction as EventActionSql, EventOutcome as EventOutcomeSql};
+use crate::domain::{AgentStatus, EventAction, EventOutcome, KernelStatus, ResourceSlot, SessionStatus, SessionType};
 
-impl ToSql<Agentstatus, Pg> for AgentStatus {
-    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
-        out.write_all(self.as_str().as_bytes())?;
-        Ok(IsNull::No)
-    }
+/// Name enums stored in PostgreSQL enum types (`agentstatus`, `event_action`, `event_outcome`): the label is the name.
+macro_rules! pg_enum {
+    ($($t:ty => $sql:ty),+) => {$(
+        impl ToSql<$sql, Pg> for $t {
+            fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+                out.write_all(self.as_str().as_bytes())?;
+                Ok(IsNull::No)
+            }
+        }
+
+        impl FromSql<$sql, Pg> for $t {
+            fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
+                Ok(std::str::from_utf8(bytes.as_bytes())?.parse()?)
+            }
+        }
+    )+};
 }
 
-impl FromSql<Agentstatus, Pg> for AgentStatus {
-    fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
-        Ok(std::str::from_utf8(bytes.as_bytes())?.parse()?)
-    }
-}
+pg_enum!(AgentStatus => Agentstatus, EventAction => EventActionSql, EventOutcome => EventOutcomeSql);
 
 /// Name-string enums stored in VARCHAR columns (Backend.AI's `StrEnumType`).
 macro_rules! varchar_enum {

@@ -1,7 +1,3 @@
-use std::fmt;
-
-use serde::{Deserialize, Serialize};
-
 /// A status name that is not part of the vocabulary.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown {kind} {value:?}")]
@@ -10,13 +6,13 @@ pub struct UnknownVariant {
     pub value: String,
 }
 
-/// Declares a Backend.AI name-string enum: `as_str`, `FromStr`, `Display` and serde by the upper-case name.
+/// Declares a closed vocabulary stored by name: `ALL`, `as_str`, `FromStr`, `Display` and serde by the name.
 macro_rules! name_enum {
-    ($(#[$meta:meta])* $name:ident, $kind:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
+    ($(#[$meta:meta])* $name:ident, $kind:literal { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
         pub enum $name {
-            $(#[serde(rename = $text)] $variant),+
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
         }
 
         impl $name {
@@ -28,22 +24,36 @@ macro_rules! name_enum {
         }
 
         impl std::str::FromStr for $name {
-            type Err = UnknownVariant;
+            type Err = $crate::domain::UnknownVariant;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 match s {
                     $($text => Ok($name::$variant),)+
-                    _ => Err(UnknownVariant { kind: $kind, value: s.to_owned() }),
+                    _ => Err($crate::domain::UnknownVariant { kind: $kind, value: s.to_owned() }),
                 }
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        /// The OpenAPI schema: a string, one of the names.
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .enum_values(Some(Self::ALL.iter().map(|s| s.as_str())))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(self.as_str())
             }
         }
     };
 }
+
+pub(crate) use name_enum;
 
 name_enum!(
     /// `agents.status` (the PostgreSQL enum `agentstatus`).
@@ -56,19 +66,6 @@ name_enum!(
         Terminated => "TERMINATED",
     }
 );
-
-/// The OpenAPI schema: the upper-case names, from [`AgentStatus::ALL`].
-impl utoipa::PartialSchema for AgentStatus {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::schema::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .enum_values(Some(Self::ALL.iter().map(|s| s.as_str())))
-            .description(Some("`agents.status`"))
-            .into()
-    }
-}
-
-impl utoipa::ToSchema for AgentStatus {}
 
 impl AgentStatus {
     /// Agents that are not responding; recalculation leaves them untouched.

@@ -25,6 +25,8 @@ use crate::{config::Secret, domain::AgentId};
 pub const INSECURE_TOKEN: &str = "insecure";
 
 const RESYNC_BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// How often [`WatcherDirectory::wait_synced`] looks again.
+const SYNC_POLL: Duration = Duration::from_millis(20);
 const RESYNC_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Where an agent's watcher listens.
@@ -125,7 +127,7 @@ impl WatcherDirectory {
             if self.is_synced() {
                 return true;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(SYNC_POLL).await;
         }
         self.is_synced()
     }

@@ -15,4 +15,4 @@ pub fn init(format: LogFormat, level: &str) {
 }
 
 pub mod metrics;
-pub mod systemd;
+pub use agent_supervisor_common::systemd;

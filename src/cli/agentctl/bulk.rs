@@ -8,6 +8,8 @@ use std::{
 };
 
 use futures_util::StreamExt;
+
+use crate::api::types::AgentList;
 use serde_json::{Value, json};
 
 use super::{
@@ -78,18 +80,8 @@ impl Progress {
 
 /// The agent ids of a scaling group, as the daemon lists them.
 async fn group_agents(client: &Client, group: &str) -> Result<Vec<String>, CtlError> {
-    let listing = client.get(&format!("/v1/agents?scaling_group={}", commands::encode(group))).await?;
-    let ids = listing
-        .get("agents")
-        .and_then(Value::as_array)
-        .ok_or_else(|| CtlError::BadResponse {
-            url: client.endpoint(),
-            reason: "the agent listing has no \"agents\" array".into(),
-        })?
-        .iter()
-        .filter_map(|a| a.get("id").and_then(Value::as_str).map(str::to_owned))
-        .collect();
-    Ok(ids)
+    let listing: AgentList = client.get(&format!("/v1/agents?scaling_group={}", commands::encode(group))).await?;
+    Ok(listing.agents.into_iter().map(|a| a.row.id).collect())
 }
 
 /// Runs the plan and prints the summary; an error when any agent did not end well.
@@ -164,7 +156,7 @@ pub async fn run(client: &Client, plan: &BulkPlan, json_out: bool) -> Result<(),
         let mut table = Table::new(&["AGENT", "OUTCOME", "HTTP", "ELAPSED", "DETAIL"]);
         for o in &outcomes {
             let detail = match &o.result {
-                Ok(v) => v.get("event_id").and_then(Value::as_i64).map(|e| format!("event {e}")).unwrap_or_default(),
+                Ok(r) => format!("event {}", r.event_id),
                 Err(e) if o.ensured => e.code().unwrap_or_default().to_owned(),
                 Err(e) => match e.code() {
                     Some(code) => format!("{code}: {}", one_line(e)),

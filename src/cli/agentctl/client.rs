@@ -8,6 +8,7 @@ use awc::{
     error::{ConnectError, SendRequestError},
     http::{Method, Uri},
 };
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::{api::COMPAT_API_VERSION, auth::signing};
@@ -128,16 +129,18 @@ impl Client {
         format!("{}{}", self.base, self.prefix)
     }
 
-    pub async fn get(&self, path_and_query: &str) -> Result<Value, CtlError> {
+    /// `GET`, the answer read into `T` (the struct the daemon wrote it from).
+    pub async fn get<T: DeserializeOwned>(&self, path_and_query: &str) -> Result<T, CtlError> {
         self.request(Method::GET, path_and_query).await
     }
 
-    pub async fn post(&self, path_and_query: &str) -> Result<Value, CtlError> {
+    /// `POST` without a body, the answer read into `T`.
+    pub async fn post<T: DeserializeOwned>(&self, path_and_query: &str) -> Result<T, CtlError> {
         self.request(Method::POST, path_and_query).await
     }
 
-    /// Sends a signed request without a body and returns the JSON answer, or the failure.
-    pub async fn request(&self, method: Method, path_and_query: &str) -> Result<Value, CtlError> {
+    /// Sends a signed request without a body and reads the JSON answer into `T`, or returns the failure.
+    pub async fn request<T: DeserializeOwned>(&self, method: Method, path_and_query: &str) -> Result<T, CtlError> {
         let rel_url = format!("{}{path_and_query}", self.prefix);
         let url = format!("{}{rel_url}", self.base);
         let out = signing::OutgoingRequest {
@@ -165,13 +168,13 @@ impl Client {
             .limit(MAX_BODY_BYTES)
             .await
             .map_err(|e| CtlError::BadResponse { url: url.clone(), reason: e.to_string() })?;
-        let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
         if (200..300).contains(&status) {
-            return parsed.ok_or_else(|| CtlError::BadResponse {
+            return serde_json::from_slice(&bytes).map_err(|e| CtlError::BadResponse {
                 url,
-                reason: format!("HTTP {status} with a body that is not JSON"),
+                reason: format!("HTTP {status} with a body that is not a {}: {e}", short_type_name::<T>()),
             });
         }
+        let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
         match parsed {
             Some(body @ Value::Object(_)) if body.get("error_code").is_some() || body.get("title").is_some() => {
                 let text = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
@@ -210,4 +213,10 @@ impl Client {
         };
         CtlError::Connect { url: self.endpoint(), reason }
     }
+}
+
+/// `AgentList` for `agent_supervisor::api::types::AgentList`: what an answer was expected to be, for messages.
+fn short_type_name<T>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    full.rsplit("::").next().unwrap_or(full)
 }

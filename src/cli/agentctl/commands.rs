@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::client::{Client, CtlError};
+use crate::api::types::CommandReply;
 
 /// The watcher command to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -55,7 +56,7 @@ pub struct CommandOpts {
 pub struct AgentOutcome {
     pub agent_id: String,
     pub verb: Verb,
-    pub result: Result<Value, CtlError>,
+    pub result: Result<CommandReply, CtlError>,
     /// The command was refused as "already so" and `--ensure` accepted that.
     pub ensured: bool,
     /// Wall time on the client, queueing at the daemon included.
@@ -86,7 +87,7 @@ impl AgentOutcome {
     /// The daemon's document (answer or problem), as `--json` prints it.
     pub fn json(&self) -> Value {
         match &self.result {
-            Ok(v) => v.clone(),
+            Ok(r) => serde_json::to_value(r).unwrap_or_default(),
             Err(e) => e.to_json(),
         }
     }
@@ -95,12 +96,13 @@ impl AgentOutcome {
     /// error.
     pub fn line(&self) -> String {
         match &self.result {
-            Ok(v) => {
-                let event =
-                    v.get("event_id").and_then(Value::as_i64).map(|e| format!("event {e}, ")).unwrap_or_default();
-                let ms = v.get("elapsed_ms").and_then(Value::as_u64).unwrap_or(self.elapsed.as_millis() as u64);
-                format!("{}: {} ({event}{})", self.agent_id, self.label(), super::render::duration_ms(ms))
-            }
+            Ok(r) => format!(
+                "{}: {} (event {}, {})",
+                self.agent_id,
+                self.label(),
+                r.event_id,
+                super::render::duration_ms(r.elapsed_ms)
+            ),
             Err(_) if self.ensured => format!("{}: {} (nothing to do)", self.agent_id, self.label()),
             Err(e) => format!("{}: failed: {e}", self.agent_id),
         }

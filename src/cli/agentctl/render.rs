@@ -63,13 +63,6 @@ pub fn duration_ms(ms: u64) -> String {
     }
 }
 
-/// A timestamp as sent by the daemon (RFC 3339), or `None`.
-pub fn parse_time(v: Option<&serde_json::Value>) -> Option<DateTime<Utc>> {
-    v.and_then(serde_json::Value::as_str)
-        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-        .map(|d| d.with_timezone(&Utc))
-}
-
 /// A hand-drawn progress bar for a terminal: `[#######.............]  7/20  ok 6  failed 1`.
 pub fn progress_bar(done: usize, total: usize, ok: usize, failed: usize, verb: &str) -> String {
     const WIDTH: usize = 30;

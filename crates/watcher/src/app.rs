@@ -7,12 +7,12 @@ use actix_web::{
     middleware, web,
     web::{ServiceConfig, get, post},
 };
-use serde_json::json;
+use agent_supervisor_protocol::{
+    ErrorCode, Problem,
+    watcher::{Command, CommandOk, SERVER_HEADER},
+};
 
-use super::{auth::TokenCheck, backend::Command, commands::Commander};
-use crate::error::{ErrorCode, Problem};
-
-pub const SERVER_HEADER: &str = "BackendAI-AgentWatcher";
+use crate::{auth::TokenCheck, commands::Commander};
 
 /// Shared by every worker.
 pub struct AppState {
@@ -36,7 +36,7 @@ pub fn app(
     let soft_reset = state.soft_reset;
     actix_web::App::new()
         .app_data(state)
-        .wrap(middleware::from_fn(super::auth::require_token))
+        .wrap(middleware::from_fn(crate::auth::require_token))
         .wrap(middleware::DefaultHeaders::new().add((header::SERVER, SERVER_HEADER)))
         .configure(|cfg| routes(cfg, soft_reset))
         .default_service(web::to(not_found))
@@ -44,17 +44,17 @@ pub fn app(
 
 /// The route table.
 fn routes(cfg: &mut ServiceConfig, soft_reset: bool) {
-    cfg.service(web::resource("/").route(get().to(status)).default_service(web::to(|| method_not_allowed("GET"))))
-        .service(command_resource("/agent/start", Command::Start))
-        .service(command_resource("/agent/stop", Command::Stop))
-        .service(command_resource("/agent/restart", Command::Restart));
+    cfg.service(web::resource("/").route(get().to(status)).default_service(web::to(|| method_not_allowed("GET"))));
+    for command in [Command::Start, Command::Stop, Command::Restart] {
+        cfg.service(command_resource(command));
+    }
     if soft_reset {
-        cfg.service(command_resource("/soft-reset", Command::SoftReset));
+        cfg.service(command_resource(Command::SoftReset));
     }
 }
 
-fn command_resource(path: &str, command: Command) -> actix_web::Resource {
-    web::resource(path)
+fn command_resource(command: Command) -> actix_web::Resource {
+    web::resource(command.path())
         .route(post().to(move |state: web::Data<AppState>| run(state, command)))
         .default_service(web::to(|| method_not_allowed("POST")))
 }
@@ -65,7 +65,7 @@ async fn status(state: web::Data<AppState>) -> HttpResponse {
 
 async fn run(state: web::Data<AppState>, command: Command) -> HttpResponse {
     match state.commander.run(command).await {
-        Ok(()) => HttpResponse::Ok().json(json!({"result": "ok"})),
+        Ok(()) => HttpResponse::Ok().json(CommandOk::ok()),
         Err(p) => problem_response(&p),
     }
 }
@@ -82,9 +82,7 @@ async fn method_not_allowed(allow: &'static str) -> HttpResponse {
     resp
 }
 
-/// RFC 7807 rendering of a [`Problem`].
+/// RFC 7807 rendering of a [`Problem`] (the protocol crate's, shared with the daemon).
 pub fn problem_response(problem: &Problem) -> HttpResponse {
-    let status = actix_web::http::StatusCode::from_u16(problem.status())
-        .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
-    HttpResponse::build(status).content_type("application/problem+json").body(problem.to_json().to_string())
+    actix_web::ResponseError::error_response(problem)
 }

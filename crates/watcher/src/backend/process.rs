@@ -9,7 +9,7 @@
 
 use std::{
     fs::OpenOptions,
-    io::{Read, Seek, SeekFrom},
+    io::SeekFrom,
     os::unix::process::CommandExt,
     path::PathBuf,
     process::Stdio,
@@ -28,7 +28,7 @@ use nix::{
 use tokio::sync::{oneshot, watch};
 
 use super::{CommandError, systemd::describe_exit, tail};
-use crate::watcher::server::status::{AgentStatus, StatusBody};
+use agent_supervisor_protocol::watcher::{AgentState as AgentStatus, Command, Precheck, StatusBody};
 
 /// How long the child may take to die after SIGKILL before stop reports a failure.
 const KILL_WAIT: Duration = Duration::from_secs(5);
@@ -96,16 +96,16 @@ impl ProcessBackend {
 
     pub async fn start(&self) -> Result<(), CommandError> {
         let s = self.snapshot();
-        if s.status.is_running() || s.status == AgentStatus::Deactivating {
-            return Err(CommandError::AlreadyRunning);
+        CommandError::check(Command::Start, &s.status)?;
+        if s.pid.is_some() {
+            // Deactivating: what is left of the old run goes first.
+            self.terminate().await?;
         }
         self.launch().await
     }
 
     pub async fn stop(&self) -> Result<(), CommandError> {
-        if self.snapshot().status.is_stopped() {
-            return Err(CommandError::AlreadyStopped);
-        }
+        CommandError::check(Command::Stop, &self.snapshot().status)?;
         self.terminate().await
     }
 
@@ -121,7 +121,7 @@ impl ProcessBackend {
     pub fn reload(&self) -> Result<(), CommandError> {
         let s = self.snapshot();
         let Some(pid) = s.pid.filter(|_| !s.status.is_stopped()) else {
-            return Err(CommandError::AlreadyStopped);
+            return Err(CommandError::Refused(Precheck::AlreadyStopped, s.status));
         };
         kill(Pid::from_raw(pid as i32), Signal::SIGHUP)
             .map_err(|e| CommandError::failed(format!("cannot send SIGHUP to pid {pid}: {e}")))
@@ -141,7 +141,7 @@ impl ProcessBackend {
     /// Spawns the child and holds it through the grace period.
     async fn launch(&self) -> Result<(), CommandError> {
         let cfg = &self.inner.cfg;
-        let log_offset = std::fs::metadata(&cfg.log_file).map(|m| m.len()).unwrap_or(0);
+        let log_offset = tokio::fs::metadata(&cfg.log_file).await.map(|m| m.len()).unwrap_or(0);
         let (run, pid) = self.spawn().await?;
         tracing::info!(pid, "agent process spawned");
         let mut rx = self.inner.state.subscribe();
@@ -163,7 +163,7 @@ impl ProcessBackend {
         Err(CommandError::Failed {
             message: format!("the agent exited within its {} ms start grace period", cfg.start_grace.as_millis()),
             exit_status: s.last_exit,
-            output: Some(read_log_from(&cfg.log_file, log_offset)),
+            output: Some(read_log_from(&cfg.log_file, log_offset).await),
         })
     }
 
@@ -176,15 +176,8 @@ impl ProcessBackend {
         let Some((program, args)) = cfg.command.split_first() else {
             return Err(CommandError::failed("no agent command is configured"));
         };
-        let open_log = || OpenOptions::new().create(true).append(true).open(&cfg.log_file);
-        let (stdout, stderr) = match (open_log(), open_log()) {
-            (Ok(a), Ok(b)) => (a, b),
-            (Err(e), _) | (_, Err(e)) => {
-                return Err(CommandError::failed(format!("cannot open log file {}: {e}", cfg.log_file.display())));
-            }
-        };
         let mut cmd = std::process::Command::new(program);
-        cmd.args(args).stdin(Stdio::null()).stdout(stdout).stderr(stderr).process_group(0);
+        cmd.args(args).stdin(Stdio::null()).process_group(0);
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
         unsafe {
             cmd.pre_exec(|| {
@@ -195,7 +188,17 @@ impl ProcessBackend {
         let (tx, rx) = oneshot::channel();
         let inner = self.inner.clone();
         let program = program.clone();
+        let log_file = cfg.log_file.clone();
         let thread = std::thread::Builder::new().name("agent-reaper".into()).spawn(move || {
+            // Opened here, on the reaper's own thread, so no file I/O blocks the watcher's event loop.
+            let open_log = || OpenOptions::new().create(true).append(true).open(&log_file);
+            match (open_log(), open_log()) {
+                (Ok(out), Ok(err)) => cmd.stdout(out).stderr(err),
+                (Err(e), _) | (_, Err(e)) => {
+                    let _ = tx.send(Err(format!("cannot open log file {}: {e}", log_file.display())));
+                    return;
+                }
+            };
             let mut child = match cmd.spawn() {
                 Ok(c) => c,
                 Err(e) => {
@@ -282,14 +285,13 @@ impl ProcessBackend {
 }
 
 /// What the agent wrote to its log since `offset`, last lines only.
-fn read_log_from(path: &std::path::Path, offset: u64) -> String {
-    let mut text = String::new();
-    if let Ok(mut f) = std::fs::File::open(path)
-        && f.seek(SeekFrom::Start(offset)).is_ok()
+async fn read_log_from(path: &std::path::Path, offset: u64) -> String {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut bytes = Vec::new();
+    if let Ok(mut f) = tokio::fs::File::open(path).await
+        && f.seek(SeekFrom::Start(offset)).await.is_ok()
     {
-        let mut bytes = Vec::new();
-        let _ = f.read_to_end(&mut bytes);
-        text = String::from_utf8_lossy(&bytes).into_owned();
+        let _ = f.read_to_end(&mut bytes).await;
     }
-    tail(&text, OUTPUT_LINES, OUTPUT_BYTES)
+    tail(&String::from_utf8_lossy(&bytes), OUTPUT_LINES, OUTPUT_BYTES)
 }

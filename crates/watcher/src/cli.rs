@@ -1,17 +1,13 @@
 //! `agent-watcher`: command line of the node-side watcher.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
 
-use std::ffi::OsString;
-
+use agent_supervisor_common::{Secret, etcd::EtcdConfig};
 use clap::{CommandFactory, Parser, ValueEnum};
 
 use crate::{
-    config::{EtcdConfig, Secret},
-    watcher::server::{
-        self, BackendOptions, ProcessConfigTemplate, ServerOptions, TokenSource, backend::SystemdConfig,
-        registration::Registration,
-    },
+    BackendOptions, ProcessConfigTemplate, ServerOptions, TokenSource, backend::SystemdConfig,
+    registration::Registration,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -257,7 +253,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match actix_web::rt::System::new().block_on(server::serve(opts)) {
+    match actix_web::rt::System::new().block_on(crate::serve(opts)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "agent-watcher failed");

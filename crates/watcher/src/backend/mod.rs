@@ -4,49 +4,20 @@
 pub mod process;
 pub mod systemd;
 
-use crate::error::{ErrorCode, Problem};
-
-use super::status::StatusBody;
+use agent_supervisor_protocol::{
+    ErrorCode, Problem,
+    watcher::{AgentState, Command, Precheck, StatusBody, precheck},
+};
 
 pub use process::{ProcessBackend, ProcessConfig};
 pub use systemd::{SystemdBackend, SystemdConfig};
 
-/// A state-changing request, one of the watcher's POST routes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
-    Start,
-    Stop,
-    Restart,
-    SoftReset,
-}
-
-impl Command {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Start => "start",
-            Self::Stop => "stop",
-            Self::Restart => "restart",
-            Self::SoftReset => "soft-reset",
-        }
-    }
-
-    /// The code a failure of this command is reported with. A soft reset is a restart in place.
-    fn failure_code(self) -> ErrorCode {
-        match self {
-            Self::Start => ErrorCode::AgentStartFailed,
-            Self::Stop => ErrorCode::AgentStopFailed,
-            Self::Restart | Self::SoftReset => ErrorCode::AgentRestartFailed,
-        }
-    }
-}
-
 /// Why a command did not do what it was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommandError {
-    #[error("the agent is already running")]
-    AlreadyRunning,
-    #[error("the agent is already stopped")]
-    AlreadyStopped,
+    /// The command makes no sense in the agent's state (see `agent_supervisor_protocol::watcher::precheck`).
+    #[error("the agent is already {}", if *.0 == Precheck::AlreadyRunning { "running" } else { "stopped" })]
+    Refused(Precheck, AgentState),
     /// The service manager or the agent itself failed; `output` holds the last lines it wrote (stderr/log).
     #[error("{message}")]
     Failed { message: String, exit_status: Option<String>, output: Option<String> },
@@ -59,11 +30,21 @@ impl CommandError {
         Self::Failed { message: message.into(), exit_status: None, output: None }
     }
 
+    /// `Err(Refused)` when the protocol's pre-check table refuses `command` in `state`.
+    pub fn check(command: Command, state: &AgentState) -> Result<(), Self> {
+        match precheck(command, state) {
+            Precheck::Run => Ok(()),
+            refused => Err(Self::Refused(refused, state.clone())),
+        }
+    }
+
     /// The problem document for a failure of `command`: the detail reads on its own (message, exit status, output).
     pub fn into_problem(self, command: Command) -> Problem {
         match self {
-            Self::AlreadyRunning => Problem::new(ErrorCode::AgentAlreadyRunning, "the agent is already running"),
-            Self::AlreadyStopped => Problem::new(ErrorCode::AgentAlreadyStopped, "the agent is already stopped"),
+            Self::Refused(precheck, ref state) => {
+                let detail = format!("{self} ({state}); {command} was not run");
+                precheck.refusal(detail).unwrap_or_else(|| Problem::new(ErrorCode::InternalError, "refused to run"))
+            }
             Self::Busy { .. } => Problem::new(ErrorCode::AgentBusy, self.to_string()),
             Self::Failed { message, exit_status, output } => {
                 let mut detail = message;

@@ -16,7 +16,7 @@ use std::{
 use tokio::process::Command as Process;
 
 use super::{CommandError, tail};
-use crate::watcher::server::status::{AgentStatus, StatusBody};
+use agent_supervisor_protocol::watcher::{AgentState as AgentStatus, Command, StatusBody};
 
 /// How often the state is polled during the start grace period.
 const GRACE_POLL: Duration = Duration::from_millis(100);
@@ -191,18 +191,14 @@ impl SystemdBackend {
 
     pub async fn start(&self) -> Result<(), CommandError> {
         self.invalidate();
-        if self.is_active().await.map_err(CommandError::failed)?.is_running() {
-            return Err(CommandError::AlreadyRunning);
-        }
+        CommandError::check(Command::Start, &self.is_active().await.map_err(CommandError::failed)?)?;
         self.change("start").await?;
         self.hold_through_grace().await
     }
 
     pub async fn stop(&self) -> Result<(), CommandError> {
         self.invalidate();
-        if self.is_active().await.map_err(CommandError::failed)?.is_stopped() {
-            return Err(CommandError::AlreadyStopped);
-        }
+        CommandError::check(Command::Stop, &self.is_active().await.map_err(CommandError::failed)?)?;
         self.change("stop").await
     }
 

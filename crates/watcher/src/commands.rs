@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
-use super::backend::{Backend, Command, CommandError};
-use crate::error::Problem;
+use agent_supervisor_protocol::{Problem, watcher::Command};
+
+use crate::backend::{Backend, CommandError};
 
 pub struct Commander {
     backend: Backend,

@@ -13,10 +13,9 @@ use actix_web::{
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::app::{AppState, problem_response};
-use crate::error::{ErrorCode, Problem};
+use agent_supervisor_protocol::{ErrorCode, Problem, watcher::TOKEN_HEADER};
 
-pub const TOKEN_HEADER: &str = "X-BackendAI-Watcher-Token";
+use crate::app::{AppState, problem_response};
 
 /// The expected token, kept only as a digest.
 pub struct TokenCheck {

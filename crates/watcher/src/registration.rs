@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::etcd::{Etcd, EtcdError, keys};
+use agent_supervisor_common::etcd::{Etcd, EtcdError, keys};
 
 /// Pause between registration attempts while etcd is unreachable.
 const RETRY_EVERY: Duration = Duration::from_secs(5);

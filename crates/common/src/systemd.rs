@@ -3,11 +3,14 @@
 
 use std::{os::unix::net::UnixDatagram, time::Duration};
 
-/// Sends one notification; errors are logged, never fatal.
+/// Sends one notification; errors are logged, never fatal. The send never blocks: it runs on the event loop, and a
+/// notification socket whose reader has fallen behind (its queue full) must not stop the daemon, so a notification
+/// that cannot be queued at once is dropped (systemd reads promptly; the next watchdog ping follows anyway).
 pub fn notify(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
     let sent = (|| -> std::io::Result<()> {
         let socket = UnixDatagram::unbound()?;
+        socket.set_nonblocking(true)?;
         let bytes = path.as_encoded_bytes();
         if let Some(name) = bytes.strip_prefix(b"@") {
             use std::os::linux::net::SocketAddrExt;

@@ -1,37 +1,41 @@
-//! `agent-watcher`: the node-side watcher server.
+//! `agent-watcher`: the node-side watcher, wire-compatible with Backend.AI's (the protocol itself is
+//! `agent_supervisor_protocol::watcher`). It carries only what a node needs: no database, agent RPC or actors.
 //!
 //! [`app`] is the HTTP surface (Backend.AI's routes), [`auth`] the token check, [`commands`] the serialisation of
 //! state-changing commands, [`backend`] the two ways of controlling the agent (systemd unit or own child process),
-//! [`registration`] the optional etcd side. [`serve`] wires them together and runs until SIGTERM/SIGINT.
+//! [`registration`] the optional etcd side, [`cli`] the command line. [`serve`] wires them together and runs until
+//! SIGTERM/SIGINT.
 
 pub mod app;
 pub mod auth;
 pub mod backend;
+pub mod cli;
 pub mod commands;
 pub mod registration;
-pub mod status;
 
-use crate::telemetry::systemd;
 use std::{net::TcpListener, path::PathBuf, time::Duration};
 
 use actix_web::{HttpServer, web};
+use agent_supervisor_common::{
+    Secret,
+    etcd::{Etcd, EtcdConfig, EtcdError},
+    systemd,
+    workers::Workers,
+};
+use agent_supervisor_protocol::watcher::{Command, INSECURE_TOKEN};
 
 use self::{
     app::AppState,
     auth::TokenCheck,
-    backend::{Backend, Command, ProcessBackend, ProcessConfig, SystemdBackend, SystemdConfig},
+    backend::{Backend, ProcessBackend, ProcessConfig, SystemdBackend, SystemdConfig},
     commands::Commander,
     registration::Registration,
 };
-use crate::{
-    config::{EtcdConfig, Secret},
-    etcd::{Etcd, EtcdError},
-};
 
-/// Token used when none is configured anywhere, as Backend.AI's watcher and manager do.
-pub const INSECURE_TOKEN: &str = "insecure";
 /// How long actix gives open connections to finish on shutdown.
 const HTTP_SHUTDOWN_SECS: u64 = 5;
+/// How long each HTTP worker has to run a task for the systemd watchdog to be fed.
+const WORKERS_ANSWER_WITHIN: Duration = Duration::from_secs(1);
 
 /// Where the watcher token comes from.
 #[derive(Debug, Clone)]
@@ -122,19 +126,28 @@ pub async fn serve(opts: ServerOptions) -> Result<(), ServeError> {
     drop(token);
 
     let factory_state = state.clone();
-    let server = HttpServer::new(move || app::app(factory_state.clone()))
-        .workers(opts.workers.max(1))
-        .disable_signals()
-        .shutdown_timeout(HTTP_SHUTDOWN_SECS)
-        .listen(listener)
-        .map_err(ServeError::Http)?
-        .run();
+    let workers = Workers::default();
+    let factory_workers = workers.clone();
+    let server = HttpServer::new(move || {
+        factory_workers.register_current();
+        app::app(factory_state.clone())
+    })
+    .workers(opts.workers.max(1))
+    .disable_signals()
+    .shutdown_timeout(HTTP_SHUTDOWN_SECS)
+    .listen(listener)
+    .map_err(ServeError::Http)?
+    .run();
     let handle = server.handle();
     let mut server_task = actix_web::rt::spawn(server);
     tracing::info!(listen = %local, backend = state.commander.backend().name(), "agent-watcher serving");
     systemd::notify("READY=1");
-    // Alive as long as the HTTP workers answer; status never waits behind commands.
-    systemd::spawn_watchdog(move || async move { std::net::TcpStream::connect(local).is_ok() });
+    // Alive as long as every HTTP worker runs tasks (a connection alone would be accepted by the listen backlog while
+    // every worker is stuck); status never waits behind commands.
+    systemd::spawn_watchdog(move || {
+        let workers = workers.clone();
+        async move { workers.check(WORKERS_ANSWER_WITHIN, "HTTP worker").await.map_err(|e| tracing::error!("{e}")).is_ok() }
+    });
 
     if let (Some(etcd), Some(reg)) = (etcd, opts.registration.clone()) {
         actix_web::rt::spawn(registration::register_until_done(etcd, reg, local.port()));
@@ -172,7 +185,8 @@ pub async fn serve(opts: ServerOptions) -> Result<(), ServeError> {
 async fn resolve_token(source: &TokenSource, etcd: Option<&Etcd>) -> Result<String, ServeError> {
     let token = match source {
         TokenSource::Given(t) => t.expose().to_owned(),
-        TokenSource::File(path) => std::fs::read_to_string(path)
+        TokenSource::File(path) => tokio::fs::read_to_string(path)
+            .await
             .map_err(|e| ServeError::Token(format!("cannot read {}: {e}", path.display())))?
             .trim()
             .to_owned(),

@@ -12,51 +12,18 @@ use serde_json::Value;
 
 use crate::{
     config::Secret,
-    error::{ErrorCode, Problem},
+    error::{ErrorCode, Problem, ProblemDocument},
     etcd::WatcherAddress,
 };
 
+pub use agent_supervisor_protocol::watcher::{AgentState, Command as WatcherCommand, Precheck, TOKEN_HEADER, precheck};
+
 /// Largest watcher response body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
-/// Header carrying the shared watcher token.
-pub const TOKEN_HEADER: &str = "X-BackendAI-Watcher-Token";
 /// How much of an unexpected body is quoted back in errors.
 const QUOTE_LIMIT: usize = 2_000;
-
-/// A control command a watcher executes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum WatcherCommand {
-    Start,
-    Stop,
-    Restart,
-}
-
-impl WatcherCommand {
-    pub fn path(self) -> &'static str {
-        match self {
-            Self::Start => "agent/start",
-            Self::Stop => "agent/stop",
-            Self::Restart => "agent/restart",
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Start => "start",
-            Self::Stop => "stop",
-            Self::Restart => "restart",
-        }
-    }
-
-    fn failed_code(self) -> ErrorCode {
-        match self {
-            Self::Start => ErrorCode::AgentStartFailed,
-            Self::Stop => ErrorCode::AgentStopFailed,
-            Self::Restart => ErrorCode::AgentRestartFailed,
-        }
-    }
-}
+/// awc's own per-request timeout, set far beyond any call's bound so that only the caller's bound applies.
+const AWC_TIMEOUT_OUT_OF_THE_WAY: Duration = Duration::from_secs(3600);
 
 /// What can go wrong talking to a watcher.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -68,7 +35,7 @@ pub enum WatcherError {
     #[error("watcher at {url} rejected the token (HTTP {status}): {body}")]
     Auth { url: String, status: u16, body: String },
     #[error("watcher at {url} refused the command (HTTP 409): {body}")]
-    Conflict { url: String, code: Option<String>, body: String },
+    Conflict { url: String, code: Option<ErrorCode>, body: String },
     #[error("watcher at {url} failed to {} the agent (HTTP {status}): {body}", command.as_str())]
     CommandFailed { url: String, command: WatcherCommand, status: u16, body: String },
     #[error("watcher at {url} sent an invalid response: {reason}")]
@@ -83,16 +50,15 @@ impl From<WatcherError> for Problem {
             WatcherError::Unreachable { .. } => Problem::new(ErrorCode::WatcherUnreachable, detail),
             WatcherError::Auth { status, .. } => Problem::new(ErrorCode::WatcherAuthFailed, detail).with_status(status),
             WatcherError::Conflict { code, .. } => {
-                let code = match code.as_deref() {
-                    Some("agent_already_running") => ErrorCode::AgentAlreadyRunning,
-                    Some("agent_already_stopped") => ErrorCode::AgentAlreadyStopped,
+                let code = match code {
+                    Some(c @ (ErrorCode::AgentAlreadyRunning | ErrorCode::AgentAlreadyStopped)) => c,
                     _ => ErrorCode::AgentBusy,
                 };
                 Problem::new(code, detail).with_status(409)
             }
             WatcherError::CommandFailed { command, status, ref body, .. } => {
                 let watcher_body = body.clone();
-                Problem::new(command.failed_code(), detail)
+                Problem::new(command.failure_code(), detail)
                     .with("watcher_status", status)
                     .with("watcher_detail", watcher_body)
             }
@@ -111,7 +77,7 @@ fn client() -> awc::Client {
             .get_or_insert_with(|| {
                 awc::Client::builder()
                     // The caller bounds each call as a whole; this only stops awc's own 5 s default from cutting in.
-                    .timeout(Duration::from_secs(3600))
+                    .timeout(AWC_TIMEOUT_OUT_OF_THE_WAY)
                     .disable_redirects()
                     .finish()
             })
@@ -128,13 +94,20 @@ pub struct WatcherReply {
     pub raw: Bytes,
 }
 
+impl WatcherReply {
+    /// The `agent-status` of a status answer, in the protocol's words (`None` if the watcher sent none).
+    pub fn agent_state(&self) -> Option<AgentState> {
+        self.body.get("agent-status").and_then(Value::as_str).map(AgentState::parse)
+    }
+}
+
 /// `GET /` on the watcher: the agent's status as the watcher reports it.
 pub async fn get_status(
     addr: &WatcherAddress,
     token: &Secret,
     timeout: Duration,
 ) -> Result<WatcherReply, WatcherError> {
-    call(addr, token, awc::http::Method::GET, "", timeout, None).await
+    call(addr, token, awc::http::Method::GET, "/", timeout, None).await
 }
 
 /// `POST /agent/{start,stop,restart}`.
@@ -155,7 +128,7 @@ async fn call(
     timeout: Duration,
     command: Option<WatcherCommand>,
 ) -> Result<WatcherReply, WatcherError> {
-    let url = format!("{}/{}", addr.base_url(), path);
+    let url = format!("{}{}", addr.base_url(), path);
     let work = async {
         let mut resp = client()
             .request(method, &url)
@@ -194,9 +167,7 @@ async fn call(
         }
         401 | 403 => Err(WatcherError::Auth { url, status, body: text() }),
         409 => {
-            let code = serde_json::from_slice::<Value>(&body)
-                .ok()
-                .and_then(|v| v.get("error_code").and_then(Value::as_str).map(str::to_owned));
+            let code = ProblemDocument::parse(&body).and_then(|p| p.code());
             Err(WatcherError::Conflict { url, code, body: text() })
         }
         500..=599 => match command {
@@ -204,7 +175,8 @@ async fn call(
                 url,
                 command,
                 status,
-                body: problem_detail(&body).unwrap_or_else(text),
+                // Our watcher's problem document carries the reason it saw (exit status, last output lines).
+                body: ProblemDocument::parse(&body).and_then(|p| p.detail).unwrap_or_else(text),
             }),
             None => Err(WatcherError::BadResponse { url, reason: format!("HTTP {status}: {}", text()) }),
         },
@@ -221,12 +193,6 @@ fn send_error(url: &str, e: SendRequestError, timeout: Duration) -> WatcherError
         SendRequestError::Send(io) => WatcherError::Unreachable { url: url.to_owned(), reason: io.to_string() },
         other => WatcherError::BadResponse { url: url.to_owned(), reason: other.to_string() },
     }
-}
-
-/// A problem+json body's `detail`, which carries the reason our watcher saw (exit status, last output lines).
-fn problem_detail(body: &[u8]) -> Option<String> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    v.get("detail").and_then(Value::as_str).map(str::to_owned)
 }
 
 fn quote(body: &[u8]) -> String {

@@ -1,0 +1,22 @@
+//! Problems at an actix-web edge (feature `actix-web`): any [`Problem`] a handler returns leaves as an RFC 7807
+//! `application/problem+json` document with its status. Server errors are logged once, here.
+
+use actix_web::{HttpResponse, ResponseError, http::StatusCode};
+
+use crate::problem::Problem;
+
+/// The media type of a problem document.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+impl ResponseError for Problem {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if self.status() >= 500 {
+            tracing::warn!(error_code = self.code.as_str(), agent.id = ?self.agent_id, detail = %self.detail, "request failed");
+        }
+        HttpResponse::build(self.status_code()).content_type(PROBLEM_JSON).body(self.to_json().to_string())
+    }
+}
