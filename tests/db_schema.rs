@@ -5,7 +5,7 @@ mod common;
 
 use agent_supervisor::{
     db::{self, models::*, schema},
-    domain::{AgentStatus, KernelStatus, ResourceSlot, SessionStatus, SessionType},
+    domain::{AgentStatus, EventAction, EventOutcome, KernelStatus, ResourceSlot, SessionStatus, SessionType},
 };
 use chrono::{DateTime, SubsecRound, Utc};
 use common::TestDb;
@@ -42,15 +42,16 @@ async fn migrations_apply_on_an_empty_database_and_are_reversible() {
     let db = TestDb::empty().await;
     assert!(table_names(&db).await.is_empty());
 
+    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).unwrap().count();
     let applied = db::run_migrations(&db.url).await.unwrap();
-    assert_eq!(applied.len(), 1);
+    assert_eq!(applied.len(), migrations);
     let expected =
         ["agent_events", "agents", "kernels", "keypair_resource_usage", "keypairs", "scaling_groups", "sessions"];
     assert_eq!(table_names(&db).await, expected);
     assert!(db::run_migrations(&db.url).await.unwrap().is_empty(), "second run applies nothing");
 
     let reverted = db::revert_all_migrations(&db.url).await.unwrap();
-    assert_eq!(reverted.len(), 1);
+    assert_eq!(reverted.len(), migrations);
     assert!(table_names(&db).await.is_empty(), "down.sql removes every table");
 
     db::run_migrations(&db.url).await.unwrap();
@@ -163,23 +164,17 @@ async fn every_table_round_trips_through_its_row_type() {
 
     let ev = NewAgentEvent {
         agent_id: "i-node01".into(),
-        action: "restart".into(),
+        action: EventAction::Restart,
         requester: "AKTEST0000000000".into(),
         requested_at: now(),
         started_at: Some(now()),
         finished_at: Some(now()),
-        outcome: "succeeded".into(),
+        outcome: EventOutcome::Succeeded,
         http_status: Some(200),
         detail: json!({"watcher": {"result": "ok"}}),
     };
-    let id: i64 = diesel::insert_into(schema::agent_events::table)
-        .values(&ev)
-        .returning(schema::agent_events::id)
-        .get_result(&mut conn)
-        .await
-        .unwrap();
-    let got: AgentEventRow =
-        schema::agent_events::table.find(id).select(AgentEventRow::as_select()).first(&mut conn).await.unwrap();
+    let template = ev.clone();
+    let got = stored_event(&mut conn, &ev).await;
     assert_eq!(
         (
             got.agent_id,
@@ -205,6 +200,14 @@ async fn every_table_round_trips_through_its_row_type() {
         )
     );
 
+    // Every word of the audit vocabulary is a label of its database enum, and reads back as itself.
+    let actions = EventAction::ALL.iter().map(|a| (*a, EventOutcome::Succeeded));
+    let outcomes = EventOutcome::ALL.iter().map(|o| (EventAction::Start, *o));
+    for (action, outcome) in actions.chain(outcomes) {
+        let got = stored_event(&mut conn, &NewAgentEvent { action, outcome, ..template.clone() }).await;
+        assert_eq!((got.action, got.outcome), (action, outcome));
+    }
+
     let usage = KeypairResourceUsageRow {
         access_key: "AKTEST0000000000".into(),
         concurrency_used: 3,
@@ -219,6 +222,17 @@ async fn every_table_round_trips_through_its_row_type() {
         .await
         .unwrap();
     assert_eq!(got, usage);
+}
+
+/// Inserts `event` and reads its row back.
+async fn stored_event(conn: &mut diesel_async::AsyncPgConnection, event: &NewAgentEvent) -> AgentEventRow {
+    let id: i64 = diesel::insert_into(schema::agent_events::table)
+        .values(event)
+        .returning(schema::agent_events::id)
+        .get_result(conn)
+        .await
+        .unwrap();
+    schema::agent_events::table.find(id).select(AgentEventRow::as_select()).first(conn).await.unwrap()
 }
 
 #[tokio::test]
@@ -239,6 +253,12 @@ async fn schema_rejects_values_outside_the_vocabulary() {
     .execute(&mut conn)
     .await;
     assert!(bad_kernel.is_err());
+    let bad_outcome = diesel::sql_query(
+        "INSERT INTO agent_events (agent_id, action, requester, outcome) VALUES ('a', 'start', 'me', 'queued')",
+    )
+    .execute(&mut conn)
+    .await;
+    assert!(bad_outcome.unwrap_err().to_string().contains("event_outcome"), "'queued' is not an outcome");
 }
 
 #[tokio::test]

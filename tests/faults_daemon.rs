@@ -9,12 +9,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_supervisor::{api::COMPAT_API_VERSION, auth::signing};
+use agent_supervisor::{api::COMPAT_API_VERSION, auth::signing, domain::EventOutcome};
 use common::{
     TestDb, TestEtcd,
     procs::{free_port, wait_for_port},
     supervisor::{Creds, TOKEN, create_keypair, serve_command},
-    watcher::{running_watcher, slow_service},
+    watcher::{running_watcher, slow_service, terminated},
 };
 use serde_json::Value;
 
@@ -96,7 +96,8 @@ async fn daemon_killed_during_a_command_records_it_interrupted_and_the_next_comm
     let creds = create_keypair(&db.config(), true, true).await;
     let dir = tempfile::tempdir().unwrap();
     // A restart of this service takes about 2 s (its SIGTERM handling).
-    let w = running_watcher(TOKEN, &slow_service(&dir.path().join("service.log"), "2"), &[]);
+    let service_log = dir.path().join("service.log");
+    let w = running_watcher(TOKEN, &slow_service(&service_log, "2"), &[]);
     db.add_agent("i-crash").await;
     etcd.register("i-crash", "127.0.0.1", Some(w.port())).await;
 
@@ -124,11 +125,11 @@ async fn daemon_killed_during_a_command_records_it_interrupted_and_the_next_comm
                     .await
                     .unwrap()
                     .first()
-                    .is_some_and(|e| e.outcome == "running")
+                    .is_some_and(|e| e.outcome == EventOutcome::Running)
             })
             .await;
             assert!(running, "the command never started");
-            actix_rt::time::sleep(Duration::from_millis(200)).await;
+            assert!(terminated(&service_log, 1, Duration::from_secs(5)).await, "the restart never reached the service");
             let pid = nix::unistd::Pid::from_raw(daemon.child.id() as i32);
             nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
         };
@@ -142,7 +143,7 @@ async fn daemon_killed_during_a_command_records_it_interrupted_and_the_next_comm
         let mut conn = db.db.conn().await.unwrap();
         let rows = agent_supervisor::db::queries::list_events(&mut conn, "i-crash", 10).await.unwrap();
         assert_eq!(rows.len(), 1, "{rows:?}");
-        assert_eq!((rows[0].outcome.as_str(), rows[0].finished_at.is_none()), ("running", true), "{rows:?}");
+        assert_eq!((rows[0].outcome, rows[0].finished_at.is_none()), (EventOutcome::Running, true), "{rows:?}");
         let agent = agent_supervisor::db::queries::find_agent(&mut conn, "i-crash").await.unwrap().unwrap();
         assert_eq!(format!("{:?}", agent.status).to_ascii_uppercase(), "ALIVE");
     }

@@ -17,7 +17,7 @@ use std::{
 
 use common::{
     supervisor::{TOKEN, TestApp},
-    watcher::{running_watcher, slow_service},
+    watcher::{running_watcher, slow_service, terminated},
 };
 use serde_json::Value;
 
@@ -66,17 +66,18 @@ async fn events(app: &TestApp, agent: &str) -> Vec<Value> {
 async fn watcher_killed_mid_command_is_502_audited_failed_and_the_next_command_works() {
     let app = TestApp::spawn_with(|c| c.watcher.command_timeout_ms = 8_000).await;
     let d = tempfile::tempdir().unwrap();
-    let cmd = slow_service(&d.path().join("s.log"), "2");
+    let log = d.path().join("s.log");
+    let cmd = slow_service(&log, "2");
     let mut w = running_watcher(TOKEN, &cmd, &[]);
     app.add_agent("i-k9").await;
     app.register_watcher("i-k9", w.port()).await;
 
-    // The restart takes about 2 s (the service's SIGTERM handling); the watcher dies 400 ms into it.
+    // The restart takes about 2 s (the service's SIGTERM handling); the watcher dies once it has reached the service.
     let started = Instant::now();
     let (status, body) = {
         let restart = app.post("/v1/agents/i-k9/restart", None);
         let kill = async {
-            actix_rt::time::sleep(Duration::from_millis(400)).await;
+            assert!(terminated(&log, 1, Duration::from_secs(5)).await, "the restart never reached the service");
             w.kill();
         };
         futures_util::join!(restart, kill).0

@@ -15,7 +15,7 @@ use common::{
     TestDb, TestEtcd,
     procs::{PrivateEtcd, free_port, http_signed, wait_for_port},
     supervisor::{TOKEN, TestApp, create_keypair, serve_command},
-    watcher::{WatcherProcess, running_watcher, slow_service},
+    watcher::{WatcherProcess, running_watcher, slow_service, terminated},
 };
 use diesel_async::RunQueryDsl;
 
@@ -50,8 +50,8 @@ async fn serve_notifies_systemd_drains_a_slow_restart_on_sigterm_and_keeps_secre
     let dir = tempfile::tempdir().unwrap();
 
     // An agent whose service needs 2 s to stop, under a real watcher.
-    let watcher =
-        running_watcher(TOKEN, &slow_service(&dir.path().join("service.log"), "2"), &["--stop-timeout-ms", "5000"]);
+    let service_log = dir.path().join("service.log");
+    let watcher = running_watcher(TOKEN, &slow_service(&service_log, "2"), &["--stop-timeout-ms", "5000"]);
     db.add_agent("i-svc").await;
     etcd.register("i-svc", "127.0.0.1", Some(watcher.port())).await;
 
@@ -84,10 +84,12 @@ async fn serve_notifies_systemd_drains_a_slow_restart_on_sigterm_and_keeps_secre
         let keys = keys.clone();
         std::thread::spawn(move || http_signed(port, "POST", "/v1/agents/i-svc/restart", Some((&keys.0, &keys.1))))
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(terminated(&service_log, 1, Duration::from_secs(5)).await, "the restart never reached the service");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     assert!(wait_for_message(&socket, "STOPPING=1", Duration::from_secs(5), &mut seen), "no STOPPING=1; got {seen:?}");
 
+    // From here on nothing reads the notification socket, as a stuck systemd would not: its queue fills with
+    // watchdog pings, and the daemon must still finish the restart and exit (notifications never block it).
     let (status, body) = restart.join().unwrap();
     assert_eq!(status, 200, "the in-flight restart finished during shutdown: {body}");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -234,15 +236,16 @@ fn unit_files_declare_notify_and_watchdog_and_pass_systemd_analyze() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
     for (unit, bin) in [
-        ("agent-supervisor.service", env!("CARGO_BIN_EXE_agent-supervisor")),
-        ("agent-watcher.service", env!("CARGO_BIN_EXE_agent-watcher")),
+        ("agent-supervisor.service", std::path::PathBuf::from(env!("CARGO_BIN_EXE_agent-supervisor"))),
+        ("agent-watcher.service", common::procs::watcher_bin()),
     ] {
         let text = std::fs::read_to_string(root.join("systemd").join(unit)).unwrap();
         for line in ["Type=notify", "WatchdogSec=", "Restart=on-failure", "ExecStart=/usr/local/bin/"] {
             assert!(text.contains(line), "{unit} lacks {line}");
         }
         let name = unit.trim_end_matches(".service");
-        std::fs::write(dir.path().join(unit), text.replace(&format!("/usr/local/bin/{name}"), bin)).unwrap();
+        std::fs::write(dir.path().join(unit), text.replace(&format!("/usr/local/bin/{name}"), &bin.to_string_lossy()))
+            .unwrap();
     }
     assert!(
         std::fs::read_to_string(root.join("systemd/agent-supervisor.service"))

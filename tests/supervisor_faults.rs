@@ -15,7 +15,7 @@ use agent_supervisor::{
 use common::{
     procs::PrivateEtcd,
     supervisor::{TOKEN, TestApp},
-    watcher::{WatcherProcess, running_watcher, slow_service},
+    watcher::{BackendAiWatcher, WatcherProcess, running_watcher, slow_service, terminated},
 };
 use serde_json::json;
 
@@ -38,21 +38,20 @@ async fn actor_runs_commands_one_at_a_time_in_arrival_order() {
     let _w = watched(&app, "i-order", &slow_service(&log, "0.2"), &["--no-autostart"]).await;
     let actor = app.running.supervisor.registry().send(GetAgent { agent_id: id("i-order") }).await.unwrap().unwrap();
 
-    // start, stop, start, stop, start: valid only if executed in this exact order, one at a time.
+    // start, stop, start, stop, start: valid only if executed in this exact order, one at a time. `send` puts each
+    // message in the actor's mailbox at once, so this is their arrival order.
     let mut pending = Vec::new();
     for i in 0..5 {
-        let a = actor.clone();
-        pending.push(actix_rt::spawn(async move {
-            if i % 2 == 0 {
-                a.send(WatcherAgentStart { requester: format!("t{i}") }).await.unwrap()
-            } else {
-                a.send(WatcherAgentStop { force: false, requester: format!("t{i}") }).await.unwrap()
-            }
-        }));
-        actix_rt::time::sleep(Duration::from_millis(5)).await;
+        let requester = format!("t{i}");
+        let sent: std::pin::Pin<Box<dyn Future<Output = _>>> = if i % 2 == 0 {
+            Box::pin(actor.send(WatcherAgentStart { requester }))
+        } else {
+            Box::pin(actor.send(WatcherAgentStop { force: false, requester }))
+        };
+        pending.push(sent);
     }
-    for p in pending {
-        let r = p.await.unwrap();
+    for r in futures_util::future::join_all(pending).await {
+        let r = r.unwrap();
         assert!(r.is_ok(), "{:?}", r.err());
     }
     let lines: Vec<String> =
@@ -64,7 +63,8 @@ async fn actor_runs_commands_one_at_a_time_in_arrival_order() {
 async fn status_is_answered_during_a_slow_command_and_agents_run_in_parallel() {
     let app = TestApp::spawn_with(|c| c.watcher.command_timeout_ms = 10_000).await;
     let d = tempfile::tempdir().unwrap();
-    let _a = watched(&app, "i-pa", &slow_service(&d.path().join("a.log"), "1.5"), &[]).await;
+    let a_log = d.path().join("a.log");
+    let _a = watched(&app, "i-pa", &slow_service(&a_log, "1.5"), &[]).await;
     let _b = watched(&app, "i-pb", &slow_service(&d.path().join("b.log"), "1.5"), &[]).await;
     let reg = app.running.supervisor.registry().clone();
     let a = reg.send(GetAgent { agent_id: id("i-pa") }).await.unwrap().unwrap();
@@ -76,7 +76,7 @@ async fn status_is_answered_during_a_slow_command_and_agents_run_in_parallel() {
         async move { a.send(WatcherAgentRestart { requester: "t".into() }).await.unwrap() }
     });
     let rb = actix_rt::spawn(async move { b.send(WatcherAgentRestart { requester: "t".into() }).await.unwrap() });
-    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    assert!(terminated(&a_log, 1, Duration::from_secs(5)).await, "the restart of i-pa never reached its service");
 
     // The restart of i-pa is in flight; its status is answered anyway, within the status budget.
     let status_started = Instant::now();
@@ -102,22 +102,22 @@ async fn full_queue_is_agent_busy_and_force_and_prechecks_apply() {
     })
     .await;
     let d = tempfile::tempdir().unwrap();
-    let _w = watched(&app, "i-busy", &slow_service(&d.path().join("s.log"), "1"), &[]).await;
+    let log = d.path().join("s.log");
+    let _w = watched(&app, "i-busy", &slow_service(&log, "1"), &[]).await;
     let actor = app.running.supervisor.registry().send(GetAgent { agent_id: id("i-busy") }).await.unwrap().unwrap();
 
-    let mut running = Vec::new();
-    for _ in 0..3 {
-        let a = actor.clone();
-        running
-            .push(actix_rt::spawn(async move { a.send(WatcherAgentRestart { requester: "t".into() }).await.unwrap() }));
-        actix_rt::time::sleep(Duration::from_millis(50)).await;
-    }
-    // One in flight, two waiting: the queue (capacity 2) is full.
-    let refused = actor.send(WatcherAgentRestart { requester: "t".into() }).await.unwrap().unwrap_err();
+    // One restart in flight (its service got SIGTERM), then two more wait in the queue (capacity 2): it is full.
+    // `send` puts a message in the mailbox at once, so these arrive in this order.
+    let restart = || actor.send(WatcherAgentRestart { requester: "t".into() });
+    let first = actix_rt::spawn(restart());
+    assert!(terminated(&log, 1, Duration::from_secs(5)).await, "the first restart never reached the service");
+    let waiting = [restart(), restart()];
+    let refused = restart().await.unwrap().unwrap_err();
     assert_eq!(refused.code, ErrorCode::AgentBusy);
     assert_eq!(refused.status(), 429);
-    for r in running {
-        assert!(r.await.unwrap().is_ok());
+    assert!(first.await.unwrap().unwrap().is_ok());
+    for r in futures_util::future::join_all(waiting).await {
+        assert!(r.unwrap().is_ok());
     }
 
     app.add_running_kernels("i-busy", 1).await;
@@ -131,47 +131,11 @@ async fn full_queue_is_agent_busy_and_force_and_prechecks_apply() {
     assert_eq!(e.code, ErrorCode::AgentAlreadyRunning);
 }
 
-/// Answers exactly like Backend.AI's watcher (23.09): 403 `403: Forbidden` for a bad token, and 200
-/// `{"result": "ok"}` for every command whatever the state.
-async fn backend_ai_watcher(token: &'static str, agent_status: &'static str) -> (u16, actix_web::dev::ServerHandle) {
-    async fn handle(req: HttpRequest, data: web::Data<(&'static str, &'static str)>) -> HttpResponse {
-        let (token, status) = **data;
-        let ok = req.headers().get("X-BackendAI-Watcher-Token").and_then(|v| v.to_str().ok()) == Some(token);
-        if !ok {
-            return HttpResponse::Forbidden()
-                .insert_header(("Server", "BackendAI-AgentWatcher"))
-                .content_type("text/plain; charset=utf-8")
-                .body("403: Forbidden");
-        }
-        // aiohttp's json_response: Python's json.dumps, with its ", " and ": " separators.
-        let body = if req.path() == "/" {
-            format!(r#"{{"agent-status": "{status}", "watcher-status": "active"}}"#)
-        } else {
-            r#"{"result": "ok"}"#.to_owned()
-        };
-        HttpResponse::Ok()
-            .insert_header(("Server", "BackendAI-AgentWatcher"))
-            .content_type("application/json; charset=utf-8")
-            .body(body)
-    }
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = HttpServer::new(move || {
-        App::new().app_data(web::Data::new((token, agent_status))).default_service(web::to(handle))
-    })
-    .workers(1)
-    .listen(listener)
-    .unwrap()
-    .run();
-    let handle = server.handle();
-    actix_rt::spawn(server);
-    (port, handle)
-}
-
 #[actix_rt::test]
 async fn works_with_a_backend_ai_style_watcher() {
     let app = TestApp::spawn().await;
-    let (port, _h) = backend_ai_watcher(TOKEN, "active").await;
+    let bai = BackendAiWatcher::start(TOKEN, "active");
+    let port = bai.port;
     app.add_agent("i-bai").await;
     app.register_watcher("i-bai", port).await;
     let (status, body) = app.get("/resource/watcher?agent_id=i-bai").await;
@@ -187,7 +151,8 @@ async fn works_with_a_backend_ai_style_watcher() {
     let (status, body) = app.post("/resource/watcher/agent/restart", Some(json!({"agent_id": "i-bai"}))).await;
     assert_eq!((status, body), (200, json!({"result": "ok"})));
 
-    let (port, _h2) = backend_ai_watcher("someone-else", "inactive").await;
+    let other = BackendAiWatcher::start("someone-else", "inactive");
+    let port = other.port;
     app.add_agent("i-bai-tok").await;
     app.register_watcher("i-bai-tok", port).await;
     let (status, body) = app.get("/resource/watcher?agent_id=i-bai-tok").await;
@@ -323,7 +288,8 @@ async fn concurrent_status_requests_share_one_watcher_call_but_never_across_a_co
         let a = actor.clone();
         actix_rt::spawn(async move { a.send(GetWatcherStatus).await.unwrap().unwrap() })
     };
-    actix_rt::time::sleep(Duration::from_millis(50)).await;
+    // The watcher has the third call (the first status request's) before the command is sent.
+    assert!(common::eventually(Duration::from_secs(5), || async { calls.load(Ordering::SeqCst) == 3 }).await);
     actor.send(WatcherAgentRestart { requester: "t".into() }).await.unwrap().unwrap();
     let second = actor.send(GetWatcherStatus).await.unwrap().unwrap();
     assert_eq!(first.await.unwrap().data["call"], 3);
@@ -381,8 +347,12 @@ async fn a_stuck_agent_thread_fails_readiness_and_the_watchdog_check_until_it_ru
 
     // Block one worker thread (as a handler that blocked would) for three seconds.
     let stuck = supervisor.homes().handles()[1].clone();
-    assert!(stuck.spawn(async { std::thread::sleep(Duration::from_secs(3)) }));
-    actix_rt::time::sleep(Duration::from_millis(100)).await;
+    let (blocking, blocked) = tokio::sync::oneshot::channel();
+    assert!(stuck.spawn(async move {
+        let _ = blocking.send(());
+        std::thread::sleep(Duration::from_secs(3))
+    }));
+    blocked.await.unwrap();
     let ready = supervisor.readiness().await;
     assert!(!ready.ready, "{ready:?}");
     assert_eq!(ready.actors.as_deref(), Some("agent thread 1 did not run a task within 1000 ms"));

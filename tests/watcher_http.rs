@@ -142,7 +142,7 @@ fn a_config_file_sets_flags_and_the_command_line_wins() {
     assert_eq!(r.status, 409, "body: {}", r.body);
 
     std::fs::write(&config, "tokn = \"typo\"\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agent-watcher"))
+    let out = std::process::Command::new(common::procs::watcher_bin())
         .args(["--config", config.to_str().unwrap()])
         .output()
         .unwrap();

@@ -68,7 +68,7 @@ async fn the_token_is_read_from_etcd_when_none_is_given() {
 
 #[test]
 fn an_unreachable_etcd_without_a_token_is_a_start_up_error_not_a_silent_insecure() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agent-watcher"))
+    let out = std::process::Command::new(common::procs::watcher_bin())
         .args(["--listen", "127.0.0.1:0", "--etcd", "http://127.0.0.1:1", "--etcd-timeout-ms", "300"])
         .args(["--backend", "process", "--", "sleep", "1000"])
         .output()

@@ -10,6 +10,20 @@ use std::{
 
 use agent_supervisor::cli::dev;
 
+/// The `agent-watcher` binary of this build. It belongs to its own crate, so cargo builds it beside the daemon's
+/// binaries (`cargo build --workspace --bins`, which `scripts/test` runs) but gives the daemon's tests no
+/// `CARGO_BIN_EXE_` variable for it.
+pub fn watcher_bin() -> PathBuf {
+    let daemon = PathBuf::from(env!("CARGO_BIN_EXE_agent-supervisor"));
+    let watcher = daemon.with_file_name("agent-watcher");
+    assert!(
+        watcher.exists(),
+        "{} is missing: build it with `cargo build --workspace --bins` (scripts/test does)",
+        watcher.display()
+    );
+    watcher
+}
+
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)

@@ -96,7 +96,7 @@ impl WatcherProcess {
         for _attempt in 0..3 {
             let port = free_port();
             let log = std::fs::File::create(dir.path().join("watcher.log")).unwrap();
-            let child = Command::new(env!("CARGO_BIN_EXE_agent-watcher"))
+            let child = Command::new(super::procs::watcher_bin())
                 .args(["--listen", &format!("127.0.0.1:{port}")])
                 .args(args)
                 .envs(env.iter().map(|(k, v)| (k, v)))
@@ -316,15 +316,34 @@ exit 0
 }
 
 /// `sh -c` running a service that logs `start PID` / `stop PID` to `log` and takes `secs` seconds to handle SIGTERM.
+/// The moment it receives SIGTERM it appends `term PID` to [`term_signals`]`(log)`: tests wait for that line to
+/// know a stop or restart has reached the service.
 pub fn slow_service(log: &Path, secs: &str) -> Vec<String> {
     let l = log.display();
+    let t = term_signals(log);
+    let t = t.display();
     vec![
         "sh".into(),
         "-c".into(),
         format!(
-            r#"echo "start $$" >> {l}; trap 'sleep {secs}; echo "stop $$" >> {l}; exit 0' TERM; while :; do sleep 0.05; done"#
+            r#"echo "start $$" >> {l}; trap 'echo "term $$" >> {t}; sleep {secs}; echo "stop $$" >> {l}; exit 0' TERM; while :; do sleep 0.05; done"#
         ),
     ]
+}
+
+/// Where a [`slow_service`] logging to `log` records each SIGTERM it receives.
+pub fn term_signals(log: &Path) -> PathBuf {
+    log.with_extension("term")
+}
+
+/// Waits (at most `within`) until the service logging to `log` has received its `n`th SIGTERM.
+pub async fn terminated(log: &Path, n: usize, within: Duration) -> bool {
+    let signals = term_signals(log);
+    super::eventually(within, || {
+        let signals = signals.clone();
+        async move { std::fs::read_to_string(&signals).is_ok_and(|t| t.lines().count() >= n) }
+    })
+    .await
 }
 
 /// A process back-end watcher supervising `cmd`, once the service is up (unless `--no-autostart` is in `extra`).
@@ -335,4 +354,81 @@ pub fn running_watcher(token: &str, cmd: &[String], extra: &[&str]) -> WatcherPr
         assert!(w.wait_for_status("active", Duration::from_secs(5)), "the service did not come up");
     }
     w
+}
+
+/// A watcher that answers exactly like Backend.AI's (23.09), in a thread of its own: `403: Forbidden` (text) for a
+/// bad token, `{"agent-status": …, "watcher-status": "active"}` with Python's `json.dumps` spacing, and
+/// `{"result": "ok"}` for every command whatever the state. It records the commands it receives.
+pub struct BackendAiWatcher {
+    pub port: u16,
+    status: std::sync::Arc<std::sync::Mutex<String>>,
+    commands: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    server: actix_web::dev::ServerHandle,
+}
+
+impl BackendAiWatcher {
+    pub fn start(token: &str, agent_status: &str) -> Self {
+        use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+        use std::sync::{Arc, Mutex};
+        type Shared = (String, Arc<Mutex<String>>, Arc<Mutex<Vec<String>>>);
+        async fn handle(req: HttpRequest, data: web::Data<Shared>) -> HttpResponse {
+            let (token, status, commands) = &**data;
+            let ok = req.headers().get("X-BackendAI-Watcher-Token").and_then(|v| v.to_str().ok()) == Some(token);
+            let reply = |content_type: &str| {
+                let mut r = if ok { HttpResponse::Ok() } else { HttpResponse::Forbidden() };
+                r.insert_header(("Server", "BackendAI-AgentWatcher")).content_type(content_type.to_owned());
+                r
+            };
+            if !ok {
+                return reply("text/plain; charset=utf-8").body("403: Forbidden");
+            }
+            let body = if req.path() == "/" {
+                format!(r#"{{"agent-status": "{}", "watcher-status": "active"}}"#, status.lock().unwrap())
+            } else {
+                commands.lock().unwrap().push(req.path().to_owned());
+                r#"{"result": "ok"}"#.to_owned()
+            };
+            reply("application/json; charset=utf-8").body(body)
+        }
+        let status = Arc::new(Mutex::new(agent_status.to_owned()));
+        let commands = Arc::new(Mutex::new(Vec::new()));
+        let shared: Shared = (token.to_owned(), status.clone(), commands.clone());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let system = actix_rt::System::new();
+            system.block_on(async move {
+                let server = HttpServer::new(move || {
+                    App::new().app_data(web::Data::new(shared.clone())).default_service(web::to(handle))
+                })
+                .workers(1)
+                .disable_signals()
+                .listen(listener)
+                .unwrap()
+                .run();
+                tx.send(server.handle()).unwrap();
+                let _ = server.await;
+            });
+        });
+        let server = rx.recv().unwrap();
+        Self { port, status, commands, server }
+    }
+
+    /// What `GET /` reports from now on.
+    pub fn set_status(&self, agent_status: &str) {
+        *self.status.lock().unwrap() = agent_status.to_owned();
+    }
+
+    /// The command routes called so far (`/agent/start`, …), oldest first.
+    pub fn commands(&self) -> Vec<String> {
+        self.commands.lock().unwrap().clone()
+    }
+}
+
+impl Drop for BackendAiWatcher {
+    fn drop(&mut self) {
+        let server = self.server.clone();
+        std::thread::spawn(move || actix_rt::System::new().block_on(server.stop(false)));
+    }
 }
