@@ -332,7 +332,7 @@ async fn create_database(admin: &str, name: &str) -> String {
     diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
     let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
     let url = format!("{base}/{name}");
-    run_migrations(&url).await.unwrap();
+    run_migrations(&DatabaseConfig { url: Secret::new(url.clone()), ..DatabaseConfig::default() }).await.unwrap();
     url
 }
 
@@ -385,6 +385,7 @@ async fn run(db_url: String) -> Vec<Row> {
         max_connections: 4,
         connect_timeout_ms: 5_000,
         run_migrations: false,
+        ..DatabaseConfig::default()
     })
     .unwrap();
     let key = generate_keypair();

@@ -173,9 +173,11 @@ async fn bench_one(kernels: u64, runs: usize, keep: bool) -> Row {
     diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await.unwrap();
     diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
     let url = db_url(&name);
-    run_migrations(&url).await.unwrap();
+    run_migrations(&DatabaseConfig { url: Secret::new(url.clone()), ..DatabaseConfig::default() }).await.unwrap();
 
     let mut conn = AsyncPgConnection::establish(&url).await.unwrap();
+    // As the daemon's pool does: its own schema (slot_each) first, then the cluster's tables.
+    conn.batch_execute("SET search_path TO agent_supervisor, public").await.unwrap();
     let started = Instant::now();
     conn.batch_execute(&generation_sql(&shape)).await.unwrap();
     conn.batch_execute("VACUUM ANALYZE").await.unwrap();
@@ -198,6 +200,7 @@ async fn bench_one(kernels: u64, runs: usize, keep: bool) -> Row {
         max_connections: 2,
         connect_timeout_ms: 10_000,
         run_migrations: false,
+        ..DatabaseConfig::default()
     })
     .unwrap();
     let opts = RecalcOptions::default();
@@ -216,7 +219,7 @@ async fn bench_one(kernels: u64, runs: usize, keep: bool) -> Row {
             } else {
                 conn.batch_execute("VACUUM agents, keypair_resource_usage").await.unwrap();
                 let t = Instant::now();
-                let report = recalculate_usage(&db, &opts).await.unwrap();
+                let report = recalculate_usage(&db, &opts).await.unwrap().report;
                 let d = t.elapsed();
                 attempts_max = attempts_max.max(report.attempts);
                 if round > 0 {

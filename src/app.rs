@@ -14,7 +14,7 @@ use crate::{
     agent_rpc::AgentRpc,
     api::{self, AppState},
     auth::Authenticator,
-    config::Config,
+    config::{Config, DatabaseMode},
     db::{self, Db, queries},
     etcd::{Etcd, WatcherDirectory},
     service::Supervisor,
@@ -26,6 +26,8 @@ use crate::{
 pub enum StartError {
     #[error("database: {0}")]
     Db(#[from] db::DbError),
+    #[error("{0}")]
+    Schema(#[from] db::backendai::SchemaMismatch),
     #[error("etcd: {0}")]
     Etcd(#[from] crate::etcd::EtcdError),
     #[error("agent RPC: {0}")]
@@ -66,9 +68,12 @@ impl Running {
 pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, StartError> {
     let db = Db::new(&config.database)?;
     if config.database.run_migrations {
-        for v in db::run_migrations(config.database.url.expose()).await? {
+        for v in db::run_migrations(&config.database).await? {
             tracing::info!(version = %v, "applied migration");
         }
+    }
+    if config.database.mode == DatabaseMode::BackendAi {
+        check_backend_ai_schema(&db).await?;
     }
     match async { queries::mark_open_events_interrupted(&mut *db.conn().await?).await }.await {
         Ok(0) => {}
@@ -157,6 +162,28 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
         Err(e) => tracing::warn!(error = %e, "registry did not answer"),
     }
     Ok(Running { server, handle, addr, supervisor, directory })
+}
+
+/// Backend.AI mode: the database must be Backend.AI's, with everything the daemon uses (see `db::backendai`).
+async fn check_backend_ai_schema(db: &Db) -> Result<(), StartError> {
+    let mut conn = db.conn().await?;
+    match db::backendai::check(&mut conn).await {
+        Ok(found) if found.revision == db::backendai::TESTED_REVISION => {
+            tracing::info!(revision = %found.revision, "running next to a Backend.AI 23.09 database");
+            Ok(())
+        }
+        Ok(found) => {
+            tracing::warn!(
+                revision = %found.revision,
+                tested = db::backendai::TESTED_REVISION,
+                "the Backend.AI database is at an alembic revision this daemon was not tested with; every table and \
+                 column it uses is there"
+            );
+            Ok(())
+        }
+        Err(Ok(mismatch)) => Err(mismatch.into()),
+        Err(Err(e)) => Err(e.into()),
+    }
 }
 
 /// How long start-up waits for the HTTP workers (the agent actors' threads) before creating the actors.

@@ -38,7 +38,46 @@ pub struct Config {
     pub watcher: WatcherConfig,
     pub agent_rpc: AgentRpcConfig,
     pub metrics: MetricsConfig,
+    pub redis: RedisConfig,
     pub log: LogConfig,
+}
+
+/// Which database the daemon runs against (SPEC §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum DatabaseMode {
+    /// The daemon owns its tables (Backend.AI's classic columns, in `public`), created by its migrations.
+    #[serde(rename = "standalone")]
+    Standalone,
+    /// An existing Backend.AI database next to Backend.AI's manager: its tables are read as they are and never
+    /// created, altered or migrated; only `agents.occupied_slots` is written (by Recalculate Usage).
+    #[serde(rename = "backend.ai")]
+    BackendAi,
+}
+
+impl DatabaseMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Standalone => "standalone",
+            Self::BackendAi => "backend.ai",
+        }
+    }
+}
+
+/// Where per-access-key concurrency goes in Backend.AI mode (23.09 keeps it in Redis).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[:password@]host:port[/db]`; the stat database (0) is used whatever the path says. Without it, the
+    /// address and password are read from etcd `config/redis/` as Backend.AI's manager does. A secret.
+    pub url: Option<Secret>,
+    /// Bound on connecting and on each Redis command.
+    pub timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self { url: None, timeout_ms: 2_000 }
+    }
 }
 
 /// `/metrics` is off unless a separate listen address or a bearer token is configured.
@@ -56,6 +95,10 @@ pub struct MetricsConfig {
 pub struct DatabaseConfig {
     /// `postgres://user[:password]@host:port/dbname`; the password part is a secret.
     pub url: Secret,
+    /// `standalone` (the daemon's own tables) or `backend.ai` (a Backend.AI database, never migrated).
+    pub mode: DatabaseMode,
+    /// The PostgreSQL schema of the daemon's own tables (the audit trail, ...) and of its migration bookkeeping.
+    pub own_schema: String,
     pub max_connections: usize,
     /// Bound on connecting and on waiting for a pooled connection.
     pub connect_timeout_ms: u64,
@@ -67,6 +110,8 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
             url: Secret::new("postgres://agent_supervisor@127.0.0.1:5432/agent_supervisor"),
+            mode: DatabaseMode::Standalone,
+            own_schema: "agent_supervisor".to_owned(),
             max_connections: 16,
             connect_timeout_ms: 3_000,
             run_migrations: true,
@@ -229,6 +274,26 @@ impl Config {
             ));
         }
         positive_ms("database.connect_timeout_ms", db.connect_timeout_ms)?;
+        let schema = &db.own_schema;
+        let identifier = schema.len() <= 63
+            && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !identifier || schema == "public" || schema.starts_with("pg_") || schema == "information_schema" {
+            return Err(ConfigError::invalid(
+                "database.own_schema",
+                format!(
+                    "{schema:?} must be a lower-case identifier (a-z, 0-9, _; at most 63) other than public, \
+                     information_schema and pg_*: the daemon's own tables live apart from the cluster's"
+                ),
+            ));
+        }
+        if let Some(url) = &self.redis.url {
+            let u = url.expose();
+            if !u.starts_with("redis://") {
+                return Err(ConfigError::invalid("redis.url", "must start with redis://"));
+            }
+        }
+        positive_ms("redis.timeout_ms", self.redis.timeout_ms)?;
 
         if self.etcd.endpoints.is_empty() {
             return Err(ConfigError::invalid("etcd.endpoints", "at least one endpoint is required"));
@@ -362,7 +427,8 @@ fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<
 /// Every key of a section, including optional ones that the default leaves out.
 fn section_fields(section: &str) -> &'static [&'static str] {
     match section {
-        "database" => &["url", "max_connections", "connect_timeout_ms", "run_migrations"],
+        "database" => &["url", "mode", "own_schema", "max_connections", "connect_timeout_ms", "run_migrations"],
+        "redis" => &["url", "timeout_ms"],
         "etcd" => &["endpoints", "namespace", "user", "password", "timeout_ms"],
         "api" => &["listen", "max_body_bytes", "clock_skew_s", "shutdown_timeout_s", "workers"],
         "metrics" => &["listen", "token"],
@@ -454,6 +520,25 @@ mod tests {
     }
 
     #[test]
+    fn the_database_mode_and_own_schema_are_checked() {
+        let c = Config::from_toml_with_env(
+            "",
+            "t",
+            &env(&[("AGENT_SUPERVISOR_DATABASE_MODE", "backend.ai"), ("AGENT_SUPERVISOR_REDIS_URL", "redis://h:1/0")]),
+        )
+        .unwrap();
+        assert_eq!((c.database.mode, c.database.own_schema.as_str()), (DatabaseMode::BackendAi, "agent_supervisor"));
+        assert!(c.redis.url.is_some());
+        assert_eq!(Config::default().database.mode, DatabaseMode::Standalone);
+        assert!(err("[database]\nmode = \"backendai\"\n", &[]).starts_with("database.mode:"));
+        for bad in ["public", "Agent", "pg_x", "a-b", ""] {
+            let text = format!("[database]\nown_schema = \"{bad}\"\n");
+            assert!(err(&text, &[]).starts_with("database.own_schema:"), "{bad}");
+        }
+        assert!(err("[redis]\nurl = \"http://x\"\n", &[]).starts_with("redis.url:"));
+    }
+
+    #[test]
     fn unknown_keys_and_variables_are_rejected_by_name() {
         assert!(err("[watcher]\ntimeout = 5\n", &[]).contains("timeout"));
         assert!(err("", &[("AGENT_SUPERVISOR_WATCHER_TIMEOUT", "5")]).contains("watcher.timeout"));
@@ -463,13 +548,13 @@ mod tests {
     #[test]
     fn secrets_never_show_in_debug_output() {
         let c = Config::from_toml_with_env(
-            "[database]\nurl = \"postgres://u:hunter2@127.0.0.1/db\"\n[watcher]\ntoken = \"tok-abc\"\n[etcd]\nuser = \"u\"\npassword = \"pw-xyz\"\n",
+            "[database]\nurl = \"postgres://u:hunter2@127.0.0.1/db\"\n[watcher]\ntoken = \"tok-abc\"\n[etcd]\nuser = \"u\"\npassword = \"pw-xyz\"\n[redis]\nurl = \"redis://:redis-pw@127.0.0.1:6379/0\"\n",
             "t",
             &BTreeMap::new(),
         )
         .unwrap();
         let shown = format!("{c:?}");
-        for secret in ["hunter2", "tok-abc", "pw-xyz"] {
+        for secret in ["hunter2", "tok-abc", "pw-xyz", "redis-pw"] {
             assert!(!shown.contains(secret), "{secret} leaked in {shown}");
         }
     }

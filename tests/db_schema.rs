@@ -4,6 +4,7 @@
 mod common;
 
 use agent_supervisor::{
+    config::{DatabaseConfig, DatabaseMode},
     db::{self, models::*, schema},
     domain::{AgentStatus, EventAction, EventOutcome, KernelStatus, ResourceSlot, SessionStatus, SessionType},
 };
@@ -17,7 +18,8 @@ fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
-async fn table_names(db: &TestDb) -> Vec<String> {
+/// The tables of `schema`, by name (migration bookkeeping included), sorted.
+async fn table_names(db: &TestDb, schema: &str) -> Vec<String> {
     #[derive(QueryableByName)]
     struct T {
         #[diesel(sql_type = diesel::sql_types::Text)]
@@ -25,8 +27,9 @@ async fn table_names(db: &TestDb) -> Vec<String> {
     }
     let mut conn = db.db.conn().await.unwrap();
     let mut names: Vec<String> = diesel::sql_query(
-        "SELECT table_name::text AS table_name FROM information_schema.tables WHERE table_schema = 'public' AND table_name NOT LIKE '\\_\\_%'",
+        "SELECT table_name::text AS table_name FROM information_schema.tables WHERE table_schema = $1",
     )
+    .bind::<diesel::sql_types::Text, _>(schema)
     .load::<T>(&mut conn)
     .await
     .unwrap()
@@ -37,25 +40,84 @@ async fn table_names(db: &TestDb) -> Vec<String> {
     names
 }
 
+fn migration_count(set: &str) -> usize {
+    std::fs::read_dir(format!("{}/migrations/{set}", env!("CARGO_MANIFEST_DIR"))).unwrap().count()
+}
+
+const CLUSTER_TABLES: [&str; 7] = [
+    "__diesel_schema_migrations",
+    "agents",
+    "kernels",
+    "keypair_resource_usage",
+    "keypairs",
+    "scaling_groups",
+    "sessions",
+];
+const OWN_TABLES: [&str; 2] = ["__diesel_schema_migrations", "agent_events"];
+
 #[tokio::test]
 async fn migrations_apply_on_an_empty_database_and_are_reversible() {
     let db = TestDb::empty().await;
-    assert!(table_names(&db).await.is_empty());
+    let cfg = db.config();
+    assert!(table_names(&db, "public").await.is_empty());
 
-    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).unwrap().count();
-    let applied = db::run_migrations(&db.url).await.unwrap();
-    assert_eq!(applied.len(), migrations);
-    let expected =
-        ["agent_events", "agents", "kernels", "keypair_resource_usage", "keypairs", "scaling_groups", "sessions"];
-    assert_eq!(table_names(&db).await, expected);
-    assert!(db::run_migrations(&db.url).await.unwrap().is_empty(), "second run applies nothing");
+    let applied = db::run_migrations(&cfg).await.unwrap();
+    assert_eq!(applied.len(), migration_count("standalone") + migration_count("own"));
+    assert_eq!(table_names(&db, "public").await, CLUSTER_TABLES, "the cluster's tables are in public");
+    assert_eq!(table_names(&db, "agent_supervisor").await, OWN_TABLES, "the daemon's own are in its schema");
+    assert!(db::run_migrations(&cfg).await.unwrap().is_empty(), "second run applies nothing");
 
-    let reverted = db::revert_all_migrations(&db.url).await.unwrap();
-    assert_eq!(reverted.len(), migrations);
-    assert!(table_names(&db).await.is_empty(), "down.sql removes every table");
+    let reverted = db::revert_all_migrations(&cfg).await.unwrap();
+    assert_eq!(reverted.len(), applied.len());
+    assert_eq!(table_names(&db, "public").await, ["__diesel_schema_migrations"], "down.sql removes every table");
+    assert_eq!(table_names(&db, "agent_supervisor").await, ["__diesel_schema_migrations"]);
 
-    db::run_migrations(&db.url).await.unwrap();
-    assert_eq!(table_names(&db).await, expected);
+    db::run_migrations(&cfg).await.unwrap();
+    assert_eq!(table_names(&db, "public").await, CLUSTER_TABLES);
+    assert_eq!(table_names(&db, "agent_supervisor").await, OWN_TABLES);
+}
+
+#[tokio::test]
+async fn a_backend_ai_database_gets_only_the_daemons_own_schema() {
+    let db = TestDb::empty().await;
+    let cfg = DatabaseConfig { mode: DatabaseMode::BackendAi, own_schema: "sv_own".into(), ..db.config() };
+    let applied = db::run_migrations(&cfg).await.unwrap();
+    assert_eq!(applied.len(), migration_count("own"));
+    assert!(table_names(&db, "public").await.is_empty(), "nothing is created where Backend.AI's tables are");
+    assert_eq!(table_names(&db, "sv_own").await, OWN_TABLES);
+}
+
+/// agent-supervisor 0.1 kept its audit trail in `public` with text columns: the own migrations move it, rows and
+/// all, into the daemon's schema and make its words enums ('queued', never written, would become 'interrupted').
+#[tokio::test]
+async fn a_0_1_audit_trail_in_public_is_moved_into_the_own_schema() {
+    let db = TestDb::empty().await;
+    db.sql(
+        "CREATE TABLE agent_events (id BIGSERIAL PRIMARY KEY, agent_id VARCHAR(64) NOT NULL, action VARCHAR(32) NOT NULL,
+            requester VARCHAR(256) NOT NULL, requested_at TIMESTAMPTZ NOT NULL DEFAULT now(), started_at TIMESTAMPTZ,
+            finished_at TIMESTAMPTZ, outcome VARCHAR(16) NOT NULL DEFAULT 'queued'
+            CHECK (outcome IN ('queued', 'running', 'succeeded', 'failed', 'rejected', 'unknown', 'interrupted', 'observed')),
+            http_status SMALLINT, detail JSONB NOT NULL DEFAULT '{}');
+         CREATE INDEX agent_events_agent_idx ON agent_events (agent_id, id DESC);
+         CREATE INDEX agent_events_open_idx ON agent_events (outcome) WHERE outcome IN ('queued', 'running');
+         INSERT INTO agent_events (agent_id, action, requester, outcome, http_status)
+             VALUES ('i-1', 'restart', 'AKOLD', 'succeeded', 200), ('i-1', 'start', 'AKOLD', 'queued', NULL);
+         CREATE FUNCTION slot_each(jsonb) RETURNS TABLE (key text, value text) LANGUAGE sql IMMUTABLE STRICT
+             AS 'SELECT * FROM jsonb_each_text($1)';",
+    )
+    .await;
+    db::run_migrations(&DatabaseConfig { mode: DatabaseMode::BackendAi, ..db.config() }).await.unwrap();
+    assert!(table_names(&db, "public").await.is_empty(), "moved, not copied");
+    let mut conn = db.db.conn().await.unwrap();
+    let rows = agent_supervisor::db::queries::list_events(&mut conn, "i-1", 10).await.unwrap();
+    let words: Vec<_> = rows.iter().map(|r| (r.action, r.outcome, r.http_status)).collect();
+    assert_eq!(
+        words,
+        [
+            (EventAction::Start, EventOutcome::Interrupted, None),
+            (EventAction::Restart, EventOutcome::Succeeded, Some(200))
+        ]
+    );
 }
 
 #[tokio::test]

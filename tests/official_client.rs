@@ -18,6 +18,7 @@ use std::{
 };
 
 use common::{
+    DatabaseMode,
     supervisor::{Creds, TOKEN, TestApp},
     watcher::WatcherProcess,
 };
@@ -130,10 +131,93 @@ fn ok(o: &Outcome) -> &str {
     &o.stdout
 }
 
-#[actix_rt::test]
-async fn the_official_cli_works_unchanged() {
+/// Backend.AI mode: a superadmin and its keypair made by Backend.AI's own fixture loader
+/// (`backend.ai mgr fixture populate`), as an operator of a Backend.AI cluster would make one.
+async fn backend_ai_fixture_keypair(app: &TestApp) -> Creds {
+    let dir = tempfile::tempdir().unwrap();
+    let url = url_parts(&app.db.url);
+    let etcd = app.config.etcd.endpoints[0].trim_start_matches("http://").to_owned();
+    let (etcd_host, etcd_port) = etcd.split_once(':').unwrap();
+    let manager_toml = format!(
+        "[etcd]\nnamespace = \"{ns}\"\naddr = {{ host = \"{etcd_host}\", port = {etcd_port} }}\n\n\
+         [db]\ntype = \"postgresql\"\naddr = {{ host = \"{host}\", port = {port} }}\nname = \"{name}\"\n\
+         user = \"{user}\"\npassword = \"unused\"\n\n[manager]\nrpc-auth-manager-keypair = \"manager.key_secret\"\n\
+         ipc-base-path = \"{ipc}\"\n\n[docker-registry]\nssl-verify = false\n\n[logging]\n\n[debug]\nenabled = false\n",
+        ns = app.config.etcd.namespace,
+        host = url.host,
+        port = url.port,
+        name = url.name,
+        user = url.user,
+        ipc = dir.path().join("ipc").display(),
+    );
+    std::fs::write(dir.path().join("manager.toml"), manager_toml).unwrap();
+    std::fs::write(dir.path().join("manager.key_secret"), "").unwrap();
+    let (user_uuid, access_key, secret_key) =
+        ("6c1a35e3-2f4d-4e71-9d8a-5b6c7d8e9f01", "AKIAFIXTURESUPERADM1", "FixtureSecretKeyOfTheSuperadmin+0123456/");
+    let populate = serde_json::json!({
+        "users": [{"uuid": user_uuid, "username": "fixture-admin", "email": "fixture-admin@lablup.com",
+                   "password": "fixture-password", "need_password_change": false, "full_name": "Fixture Admin",
+                   "description": "made by backend.ai mgr fixture populate", "status": "active",
+                   "status_info": "admin-requested", "domain_name": "default", "role": "superadmin",
+                   "resource_policy": "default", "sudo_session_enabled": false}],
+        "keypairs": [{"user_id": "fixture-admin@lablup.com", "access_key": access_key, "secret_key": secret_key,
+                      "is_active": true, "is_admin": true, "resource_policy": "default", "rate_limit": 30000,
+                      "num_queries": 0, "user": user_uuid}],
+    });
+    let main_key =
+        serde_json::json!({"__mode": "update", "users": [{"uuid": user_uuid, "main_access_key": access_key}]});
+    for (file, doc) in [("keypair.json", populate), ("main-key.json", main_key)] {
+        std::fs::write(dir.path().join(file), doc.to_string()).unwrap();
+        let mut cmd = tokio::process::Command::new(common::backendai::python());
+        cmd.args(["-m", "ai.backend.cli", "mgr", "--config", "manager.toml", "fixture", "populate", file])
+            .current_dir(dir.path());
+        let out = run(cmd, PIP_TIMEOUT).await;
+        assert!(out.status.success(), "fixture populate {file}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // The loader logs failures and still exits 0: check the keypair is there.
+    #[derive(diesel::QueryableByName)]
+    struct Found {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = app.db.db.conn().await.unwrap();
+    let found: Found = diesel_async::RunQueryDsl::get_result(
+        diesel::sql_query(format!(
+            "SELECT count(*) AS n FROM keypairs k JOIN users u ON u.main_access_key = k.access_key \
+             WHERE k.access_key = '{access_key}' AND u.role = 'superadmin'"
+        )),
+        &mut conn,
+    )
+    .await
+    .unwrap();
+    assert_eq!(found.n, 1, "backend.ai mgr fixture populate did not make the keypair");
+    Creds { access_key: access_key.to_owned(), secret_key: secret_key.to_owned() }
+}
+
+struct UrlParts {
+    user: String,
+    host: String,
+    port: u16,
+    name: String,
+}
+
+/// `postgres://USER@HOST:PORT/NAME` (the test server's URLs) into its parts.
+fn url_parts(url: &str) -> UrlParts {
+    let rest = url.split_once("://").unwrap().1;
+    let (userinfo, rest) = rest.split_once('@').unwrap();
+    let (hostport, name) = rest.split_once('/').unwrap();
+    let (host, port) = hostport.split_once(':').unwrap();
+    UrlParts {
+        user: userinfo.split(':').next().unwrap().to_owned(),
+        host: host.to_owned(),
+        port: port.parse().unwrap(),
+        name: name.to_owned(),
+    }
+}
+
+async fn the_official_cli_works_unchanged(mode: DatabaseMode) {
     let venv = client_venv().await;
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_in(mode, |_| {}).await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("service.log");
     let service = format!(
@@ -146,7 +230,10 @@ async fn the_official_cli_works_unchanged() {
     app.register_watcher("i-cli", watcher.port()).await;
 
     let cli = Cli { python: python_in(&venv), endpoint: app.url.clone(), home: tempfile::tempdir().unwrap() };
-    let admin = &app.admin;
+    let admin = &match mode {
+        DatabaseMode::Standalone => app.admin.clone(),
+        DatabaseMode::BackendAi => backend_ai_fixture_keypair(&app).await,
+    };
 
     let status = cli.run(admin, &["admin", "watcher", "status", "i-cli"]).await;
     // The watcher's object comes through in the watcher's own key order, Backend.AI's two keys first, then our
@@ -222,3 +309,5 @@ async fn the_official_cli_works_unchanged() {
     assert_eq!(actions, ["stop", "start", "restart", "start"], "{body}");
     assert!(events.iter().all(|e| e["requester"] == admin.access_key.as_str()), "{body}");
 }
+
+common::in_both_modes!(the_official_cli_works_unchanged);

@@ -57,7 +57,7 @@ async fn recalc_against_crossing_writer(db: &TestDb, opts: RecalcOptions) -> Res
         .unwrap();
 
     let pool = db.db.clone();
-    let recalc = tokio::spawn(async move { recalculate_usage(&pool, &opts).await });
+    let recalc = tokio::spawn(async move { recalculate_usage(&pool, &opts).await.map(|o| o.report) });
 
     // Barrier: the recalculation has taken its snapshot and waits for the writer's row lock.
     let waiting_sql = format!(

@@ -125,7 +125,7 @@ async fn sql_recalculation_matches_a_rust_reference_on_random_data() {
         let mut conn = db.db.conn().await.unwrap();
         let expected = populate(&mut conn, seed).await;
 
-        let report = recalculate_usage(&db.db, &RecalcOptions::default()).await.unwrap();
+        let report = recalculate_usage(&db.db, &RecalcOptions::default()).await.unwrap().report;
 
         let got = all_slots(&mut conn).await;
         for (id, want) in &expected.slots {

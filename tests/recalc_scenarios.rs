@@ -36,7 +36,7 @@ async fn scenario_6_1_updates_every_agent_with_exact_sums() {
     kernel(&mut conn, s2, Some("i-b"), json!({"cuda.shares": "1.25"})).await;
     kernel(&mut conn, s2, Some("i-restarting"), json!({"cpu": "2", "mem": "1024", "rocm.device": "1"})).await;
 
-    let report = recalculate_usage(&db.db, &RecalcOptions::default()).await.unwrap();
+    let report = recalculate_usage(&db.db, &RecalcOptions::default()).await.unwrap().report;
 
     assert_eq!(slots(&mut conn, "i-a").await, json!({"cpu": "4.5", "mem": "17716740096", "cuda.shares": "0.5"}));
     assert_eq!(slots(&mut conn, "i-b").await, json!({"cpu": "0", "mem": "0", "cuda.shares": "1.25"}));
@@ -52,7 +52,7 @@ async fn scenario_6_1_updates_every_agent_with_exact_sums() {
     assert_eq!(usage(&mut conn).await["AKIAONE"], (2, 0, true));
 
     // Running it again changes nothing.
-    let again = recalculate_usage(&db.db, &RecalcOptions::default()).await.unwrap();
+    let again = recalculate_usage(&db.db, &RecalcOptions::default()).await.unwrap().report;
     assert_eq!(again.agents_updated, report.agents_updated);
     assert_eq!(slots(&mut conn, "i-a").await, json!({"cpu": "4.5", "mem": "17716740096", "cuda.shares": "0.5"}));
 }
@@ -68,7 +68,7 @@ async fn scenario_6_2_no_agents_is_a_success_that_writes_nothing() {
     kernel(&mut conn, r, None, json!({"cpu": "1"})).await;
     usage_row(&mut conn, "AKIASTALE", 3, 1).await;
 
-    let report = recalculate_usage(&db.db, &RecalcOptions::default()).await.unwrap();
+    let report = recalculate_usage(&db.db, &RecalcOptions::default()).await.unwrap().report;
 
     assert_eq!(report.agents_total, 0);
     assert!(report.agents_updated.is_empty() && report.agents_reset.is_empty() && report.agents_skipped.is_empty());
@@ -98,7 +98,7 @@ async fn scenario_6_3_lost_and_terminated_agents_are_untouched_and_reported() {
     kernel(&mut conn, s, Some("i-lost"), json!({"cpu": "3", "mem": "4"})).await;
     kernel(&mut conn, s, Some("i-gone"), json!({"cpu": "5", "mem": "6"})).await;
 
-    let report = recalculate_usage(&db.db, &RecalcOptions::default()).await.unwrap();
+    let report = recalculate_usage(&db.db, &RecalcOptions::default()).await.unwrap().report;
 
     assert_eq!(slots(&mut conn, "i-alive").await, json!({"cpu": "1", "mem": "2"}));
     for untouched in ["i-lost", "i-gone", "i-lost-idle", "i-restarting-idle"] {
@@ -150,7 +150,7 @@ async fn sums_are_exact_for_fractional_and_huge_values() {
     kernel(&mut conn, s, Some("i-huge"), json!({"mem": huge, "cpu": "1"})).await;
     kernel(&mut conn, s, Some("i-huge"), json!({"mem": 7})).await;
 
-    recalculate_usage(&db.db, &RecalcOptions::default()).await.unwrap();
+    recalculate_usage(&db.db, &RecalcOptions::default()).await.unwrap().report;
 
     assert_eq!(slots(&mut conn, "i-frac").await, json!({"cuda.shares": "1.0", "cpu": "3.00", "mem": "1000"}));
     assert_eq!(
@@ -182,7 +182,7 @@ async fn multi_kernel_sessions_count_once_and_system_sessions_separately() {
     let other = session(&mut conn, Some("AKIATWO"), "RUNNING", "SYSTEM").await;
     kernel(&mut conn, other, Some("i-1"), json!({"cpu": "1", "mem": "1"})).await;
 
-    let report = recalculate_usage(&db.db, &RecalcOptions::default()).await.unwrap();
+    let report = recalculate_usage(&db.db, &RecalcOptions::default()).await.unwrap().report;
 
     let usage = usage(&mut conn).await;
     assert_eq!(usage["AKIAONE"], (2, 2, true));
@@ -224,7 +224,7 @@ async fn error_and_terminating_sessions_count_pending_cancelled_terminated_do_no
         kernel(&mut conn, s, Some("i-only-ended"), json!({"cpu": "100", "mem": "100"})).await;
     }
 
-    let report = recalculate_usage(&db.db, &RecalcOptions::default()).await.unwrap();
+    let report = recalculate_usage(&db.db, &RecalcOptions::default()).await.unwrap().report;
 
     assert_eq!(slots(&mut conn, "i-1").await, json!({"cpu": "10", "mem": "1023"}));
     assert_eq!(slots(&mut conn, "i-only-ended").await, json!({}));
@@ -247,7 +247,7 @@ async fn kernels_without_agent_are_ignored() {
     let unplaced = session(&mut conn, Some("AKIATWO"), "SCHEDULED", "INTERACTIVE").await;
     kernel(&mut conn, unplaced, None, json!({"cpu": "8"})).await;
 
-    let report = recalculate_usage(&db.db, &RecalcOptions::default()).await.unwrap();
+    let report = recalculate_usage(&db.db, &RecalcOptions::default()).await.unwrap().report;
 
     assert_eq!(slots(&mut conn, "i-1").await, json!({"cpu": "1", "mem": "2"}));
     assert_eq!(report.agents_updated, ids(&["i-1"]));
@@ -270,7 +270,7 @@ async fn stale_access_key_is_reset_to_zero() {
     let s = session(&mut conn, Some("AKIAONE"), "RUNNING", "SYSTEM").await;
     kernel(&mut conn, s, Some("i-1"), json!({"cpu": "1"})).await;
 
-    let report = recalculate_usage(&db.db, &RecalcOptions::default()).await.unwrap();
+    let report = recalculate_usage(&db.db, &RecalcOptions::default()).await.unwrap().report;
 
     let usage = usage(&mut conn).await;
     assert_eq!(usage["AKIASTALE"], (0, 0, true));

@@ -6,25 +6,23 @@ mod common;
 use std::time::Duration;
 
 use agent_supervisor::agent_rpc::{StandinAgent, StandinConfig, StandinHandle};
-use common::supervisor::TestApp;
+use common::{DatabaseMode, Kernel, supervisor::TestApp};
 use serde_json::json;
 
 fn standin(agent_id: &str) -> StandinHandle {
     StandinAgent::start(StandinConfig::new("127.0.0.1:0", agent_id)).unwrap()
 }
 
-/// An agent whose `addr` is the stand-in's, with kernels in the given statuses (one session each).
+/// An agent whose `addr` is the stand-in's, with kernels in the given statuses (one session each; in Backend.AI
+/// mode the last one is a SYSTEM kernel, which sync sends like any other).
 async fn agent_with_kernels(app: &TestApp, id: &str, addr: &str, statuses: &[&str]) -> Vec<(String, String)> {
-    app.add_agent(id).await;
-    app.sql(&format!("UPDATE agents SET addr = '{addr}' WHERE id = '{id}'")).await;
+    app.db.add_agent_with(id, "ALIVE", addr, r#"{"cpu": "8"}"#, "{}").await;
     let mut occupying = Vec::new();
-    for status in statuses {
-        let (k, s) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
-        app.sql(&format!("INSERT INTO sessions (id, access_key, status) VALUES ('{s}', 'AKTEST', 'RUNNING')")).await;
-        app.sql(&format!(
-            "INSERT INTO kernels (id, session_id, agent, agent_addr, status) VALUES ('{k}', '{s}', '{id}', '{addr}', '{status}')"
-        ))
-        .await;
+    for (i, status) in statuses.iter().enumerate() {
+        let s = app.db.add_session(app.db.user_access_key(), "RUNNING", false).await;
+        let kernel = Kernel { agent_addr: addr, status, system: i + 1 == statuses.len(), ..Kernel::on(s, id) };
+        let k = kernel.id;
+        app.db.add_kernel(kernel).await;
         if !matches!(*status, "PENDING" | "TERMINATED" | "CANCELLED") {
             occupying.push((k.to_string(), s.to_string()));
         }
@@ -33,9 +31,8 @@ async fn agent_with_kernels(app: &TestApp, id: &str, addr: &str, statuses: &[&st
     occupying
 }
 
-#[actix_rt::test]
-async fn s1_1_sync_sends_the_occupying_kernels_and_returns_the_full_row() {
-    let app = TestApp::spawn().await;
+async fn s1_1_sync_sends_the_occupying_kernels_and_returns_the_full_row(mode: DatabaseMode) {
+    let app = TestApp::spawn_in(mode, |_| {}).await;
     let agent = standin("i-sync");
     let expected = agent_with_kernels(
         &app,
@@ -90,9 +87,8 @@ async fn s1_1_sync_sends_the_occupying_kernels_and_returns_the_full_row() {
     assert_eq!(events["events"][0]["outcome"], "succeeded");
 }
 
-#[actix_rt::test]
-async fn s1_2_unknown_agent_is_404_and_no_rpc_is_sent() {
-    let app = TestApp::spawn().await;
+async fn s1_2_unknown_agent_is_404_and_no_rpc_is_sent(mode: DatabaseMode) {
+    let app = TestApp::spawn_in(mode, |_| {}).await;
     let agent = standin("invalid-agent");
     let (status, body) = app.post("/session/_/sync-agent-registry", Some(json!({"agent": "invalid-agent"}))).await;
     assert_eq!(
@@ -104,9 +100,8 @@ async fn s1_2_unknown_agent_is_404_and_no_rpc_is_sent() {
     assert!(agent.calls().is_empty(), "no RPC for an unknown agent");
 }
 
-#[actix_rt::test]
-async fn agent_without_occupying_kernels_gets_no_rpc_and_mismatched_addresses_are_warned_about() {
-    let app = TestApp::spawn().await;
+async fn agent_without_occupying_kernels_gets_no_rpc_and_mismatched_addresses_are_warned_about(mode: DatabaseMode) {
+    let app = TestApp::spawn_in(mode, |_| {}).await;
     let agent = standin("i-idle");
     agent_with_kernels(&app, "i-idle", agent.addr(), &["TERMINATED"]).await;
     let (status, body) = app.post("/v1/agents/i-idle/sync", None).await;
@@ -125,9 +120,8 @@ async fn agent_without_occupying_kernels_gets_no_rpc_and_mismatched_addresses_ar
     assert!(warnings[0].as_str().unwrap().contains("tcp://10.9.9.9:6001"));
 }
 
-#[actix_rt::test]
-async fn agent_down_slow_or_failing_is_mapped_and_the_actor_stays_healthy() {
-    let app = TestApp::spawn_with(|c| c.agent_rpc.timeout_ms = 1_000).await;
+async fn agent_down_slow_or_failing_is_mapped_and_the_actor_stays_healthy(mode: DatabaseMode) {
+    let app = TestApp::spawn_in(mode, |c| c.agent_rpc.timeout_ms = 1_000).await;
     // Nothing listens: unavailable.
     let nowhere = format!("tcp://127.0.0.1:{}", common::procs::free_port());
     agent_with_kernels(&app, "i-down", &nowhere, &["RUNNING"]).await;
@@ -163,14 +157,13 @@ async fn agent_down_slow_or_failing_is_mapped_and_the_actor_stays_healthy() {
     assert_eq!(app.post("/v1/agents/i-fine/sync", None).await.0, 200);
 }
 
-#[actix_rt::test]
-async fn sync_uses_curve_when_the_agent_has_a_public_key() {
+async fn sync_uses_curve_when_the_agent_has_a_public_key(mode: DatabaseMode) {
     use agent_supervisor::agent_rpc::{StandinCurve, keys::CurveKeyPair};
     let manager = CurveKeyPair::generate().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cert = dir.path().join("manager.key_secret");
     std::fs::write(&cert, manager.to_secret_certificate()).unwrap();
-    let app = TestApp::spawn_with(|c| {
+    let app = TestApp::spawn_in(mode, |c| {
         c.agent_rpc.manager_keypair = Some(cert.display().to_string());
         c.agent_rpc.timeout_ms = 1_500;
     })
@@ -197,3 +190,11 @@ async fn sync_uses_curve_when_the_agent_has_a_public_key() {
     assert_eq!((status, body["error_code"].as_str()), (502, Some("agent_rpc_unavailable")), "{body}");
     assert_eq!(agent.calls().len(), 1, "nothing reached the agent");
 }
+
+common::in_both_modes!(
+    s1_1_sync_sends_the_occupying_kernels_and_returns_the_full_row,
+    s1_2_unknown_agent_is_404_and_no_rpc_is_sent,
+    agent_without_occupying_kernels_gets_no_rpc_and_mismatched_addresses_are_warned_about,
+    agent_down_slow_or_failing_is_mapped_and_the_actor_stays_healthy,
+    sync_uses_curve_when_the_agent_has_a_public_key,
+);

@@ -11,6 +11,7 @@ use std::{
 };
 
 use common::{
+    DatabaseMode,
     supervisor::{TOKEN, TestApp},
     watcher::{WatcherProcess, running_watcher, slow_service},
 };
@@ -28,9 +29,8 @@ fn lines(dir: &tempfile::TempDir) -> Vec<String> {
     std::fs::read_to_string(dir.path().join("service.log")).unwrap_or_default().lines().map(str::to_owned).collect()
 }
 
-#[actix_rt::test]
-async fn s2_1_status_returns_the_watchers_json_by_query_body_and_v1() {
-    let app = TestApp::spawn().await;
+async fn s2_1_status_returns_the_watchers_json_by_query_body_and_v1(mode: DatabaseMode) {
+    let app = TestApp::spawn_in(mode, |_| {}).await;
     let (_w, _d) = agent_with_watcher(&app, "i-up", &[]).await;
 
     let (status, body) = app.get("/resource/watcher?agent_id=i-up").await;
@@ -50,9 +50,8 @@ async fn s2_1_status_returns_the_watchers_json_by_query_body_and_v1() {
     assert_eq!(body["watcher"]["agent-status"], "active");
 }
 
-#[actix_rt::test]
-async fn s2_2_silent_watcher_times_out_and_the_next_call_works() {
-    let app = TestApp::spawn().await;
+async fn s2_2_silent_watcher_times_out_and_the_next_call_works(mode: DatabaseMode) {
+    let app = TestApp::spawn_in(mode, |_| {}).await;
     app.add_agent("i-silent").await;
     // Accepts connections and never answers.
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -84,9 +83,8 @@ async fn s2_2_silent_watcher_times_out_and_the_next_call_works() {
     assert_eq!((status, body["agent-status"].as_str()), (200, Some("active")), "{body}");
 }
 
-#[actix_rt::test]
-async fn s2_3_wrong_token_is_watcher_auth_failed_with_the_watchers_status() {
-    let app = TestApp::spawn().await;
+async fn s2_3_wrong_token_is_watcher_auth_failed_with_the_watchers_status(mode: DatabaseMode) {
+    let app = TestApp::spawn_in(mode, |_| {}).await;
     let dir = tempfile::tempdir().unwrap();
     let watcher = running_watcher("a-different-token", &slow_service(&dir.path().join("service.log"), "0"), &[]);
     app.add_agent("i-tok").await;
@@ -98,9 +96,8 @@ async fn s2_3_wrong_token_is_watcher_auth_failed_with_the_watchers_status() {
     assert!(!body.to_string().contains(TOKEN), "the token never appears in answers");
 }
 
-#[actix_rt::test]
-async fn s3_start_a_stopped_agent_then_409_when_running_without_calling_start() {
-    let app = TestApp::spawn().await;
+async fn s3_start_a_stopped_agent_then_409_when_running_without_calling_start(mode: DatabaseMode) {
+    let app = TestApp::spawn_in(mode, |_| {}).await;
     let (_w, dir) = agent_with_watcher(&app, "i-start", &["--no-autostart"]).await;
     assert!(lines(&dir).is_empty());
 
@@ -117,9 +114,8 @@ async fn s3_start_a_stopped_agent_then_409_when_running_without_calling_start() 
     assert_eq!((status, body["error_code"].as_str()), (409, Some("agent_already_running")));
 }
 
-#[actix_rt::test]
-async fn s3_3_start_failure_carries_the_reason_the_watcher_saw() {
-    let app = TestApp::spawn().await;
+async fn s3_3_start_failure_carries_the_reason_the_watcher_saw(mode: DatabaseMode) {
+    let app = TestApp::spawn_in(mode, |_| {}).await;
     let failing = ["sh", "-c", "echo 'cannot allocate GPU memory: out of resources' >&2; exit 3"];
     let watcher = WatcherProcess::process_backend(TOKEN, &failing, &["--no-autostart"]);
     app.add_agent("i-fail").await;
@@ -133,9 +129,8 @@ async fn s3_3_start_failure_carries_the_reason_the_watcher_saw() {
     assert!(detail.contains('3'), "exit status is reported: {detail}");
 }
 
-#[actix_rt::test]
-async fn s4_stop_running_then_409_stopped_and_kernels_need_force() {
-    let app = TestApp::spawn().await;
+async fn s4_stop_running_then_409_stopped_and_kernels_need_force(mode: DatabaseMode) {
+    let app = TestApp::spawn_in(mode, |_| {}).await;
     let (_w, dir) = agent_with_watcher(&app, "i-stop", &[]).await;
     app.add_running_kernels("i-stop", 2).await;
 
@@ -162,9 +157,8 @@ async fn s4_stop_running_then_409_stopped_and_kernels_need_force() {
     assert!(lines(&dir2).last().unwrap().starts_with("stop"));
 }
 
-#[actix_rt::test]
-async fn s5_restart_running_and_stopped_agents() {
-    let app = TestApp::spawn().await;
+async fn s5_restart_running_and_stopped_agents(mode: DatabaseMode) {
+    let app = TestApp::spawn_in(mode, |_| {}).await;
     let (_w, dir) = agent_with_watcher(&app, "i-re", &[]).await;
     let (status, body) = app.post("/resource/watcher/agent/restart", Some(json!({"agent_id": "i-re"}))).await;
     assert_eq!((status, &body), (200, &json!({"result": "ok"})));
@@ -178,9 +172,8 @@ async fn s5_restart_running_and_stopped_agents() {
     assert_eq!(lines(&dir2).len(), 1, "restart of a stopped agent starts it");
 }
 
-#[actix_rt::test]
-async fn s5_3_restart_slower_than_the_command_timeout_is_504_and_the_next_command_is_served() {
-    let app = TestApp::spawn_with(|c| c.watcher.command_timeout_ms = 1_500).await;
+async fn s5_3_restart_slower_than_the_command_timeout_is_504_and_the_next_command_is_served(mode: DatabaseMode) {
+    let app = TestApp::spawn_in(mode, |c| c.watcher.command_timeout_ms = 1_500).await;
     let dir = tempfile::tempdir().unwrap();
     let watcher = running_watcher(TOKEN, &slow_service(&dir.path().join("service.log"), "3"), &[]);
     app.add_agent("i-slow").await;
@@ -218,9 +211,8 @@ async fn s5_3_restart_slower_than_the_command_timeout_is_504_and_the_next_comman
     );
 }
 
-#[actix_rt::test]
-async fn unknown_agents_bad_ids_and_bad_bodies() {
-    let app = TestApp::spawn().await;
+async fn unknown_agents_bad_ids_and_bad_bodies(mode: DatabaseMode) {
+    let app = TestApp::spawn_in(mode, |_| {}).await;
     let (status, body) = app.get("/resource/watcher?agent_id=invalid-agent").await;
     assert_eq!(
         (status, body["error_code"].as_str(), body["agent_id"].as_str()),
@@ -251,9 +243,8 @@ async fn unknown_agents_bad_ids_and_bad_bodies() {
     }
 }
 
-#[actix_rt::test]
-async fn agent_without_etcd_registration_is_watcher_not_registered() {
-    let app = TestApp::spawn().await;
+async fn agent_without_etcd_registration_is_watcher_not_registered(mode: DatabaseMode) {
+    let app = TestApp::spawn_in(mode, |_| {}).await;
     app.add_agent("i-unregistered").await;
     let (status, body) = app.get("/resource/watcher?agent_id=i-unregistered").await;
     assert_eq!(status, 502, "{body}");
@@ -261,18 +252,16 @@ async fn agent_without_etcd_registration_is_watcher_not_registered() {
     assert!(body["detail"].as_str().unwrap().contains("nodes/agents/i-unregistered/ip"));
 }
 
-#[actix_rt::test]
-async fn unreachable_watcher_is_502() {
-    let app = TestApp::spawn().await;
+async fn unreachable_watcher_is_502(mode: DatabaseMode) {
+    let app = TestApp::spawn_in(mode, |_| {}).await;
     app.add_agent("i-gone").await;
     app.register_watcher("i-gone", common::procs::free_port()).await;
     let (status, body) = app.get("/resource/watcher?agent_id=i-gone").await;
     assert_eq!((status, body["error_code"].as_str()), (502, Some("watcher_unreachable")), "{body}");
 }
 
-#[actix_rt::test]
-async fn commands_are_audited_with_requester_times_and_outcome() {
-    let app = TestApp::spawn().await;
+async fn commands_are_audited_with_requester_times_and_outcome(mode: DatabaseMode) {
+    let app = TestApp::spawn_in(mode, |_| {}).await;
     let (_w, _d) = agent_with_watcher(&app, "i-audit", &[]).await;
     app.post("/v1/agents/i-audit/restart", None).await;
     app.post("/v1/agents/i-audit/start", None).await;
@@ -304,3 +293,18 @@ async fn commands_are_audited_with_requester_times_and_outcome() {
         Some("active")
     );
 }
+
+common::in_both_modes!(
+    s2_1_status_returns_the_watchers_json_by_query_body_and_v1,
+    s2_2_silent_watcher_times_out_and_the_next_call_works,
+    s2_3_wrong_token_is_watcher_auth_failed_with_the_watchers_status,
+    s3_start_a_stopped_agent_then_409_when_running_without_calling_start,
+    s3_3_start_failure_carries_the_reason_the_watcher_saw,
+    s4_stop_running_then_409_stopped_and_kernels_need_force,
+    s5_restart_running_and_stopped_agents,
+    s5_3_restart_slower_than_the_command_timeout_is_504_and_the_next_command_is_served,
+    unknown_agents_bad_ids_and_bad_bodies,
+    agent_without_etcd_registration_is_watcher_not_registered,
+    unreachable_watcher_is_502,
+    commands_are_audited_with_requester_times_and_outcome,
+);

@@ -33,6 +33,9 @@ pub struct ActorSettings {
     pub rpc_timeout: Duration,
     /// How many watchers a refreshing listing asks at once.
     pub refresh_concurrency: usize,
+    /// Backend.AI mode: the stat Redis (`None`: from etcd) and the bound on writing to it.
+    pub redis_url: Option<crate::config::Secret>,
+    pub redis_timeout: Duration,
 }
 
 impl From<&Config> for ActorSettings {
@@ -45,6 +48,8 @@ impl From<&Config> for ActorSettings {
             queue_capacity: w.queue_capacity,
             probe_interval: Duration::from_secs(w.probe_interval_s),
             refresh_concurrency: w.refresh_concurrency,
+            redis_url: c.redis.url.clone(),
+            redis_timeout: Duration::from_millis(c.redis.timeout_ms),
         }
     }
 }

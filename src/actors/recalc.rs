@@ -7,10 +7,12 @@ use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use super::Deps;
 use super::RegistryActor;
 use crate::{
-    db::recalc::{self, RecalcOptions, RecalcReport},
+    db::recalc::{self, RecalcOptions, RecalcOutcome, RecalcReport},
     error::Problem,
+    redis_stat::{self, RedisTarget},
 };
 
 /// Recompute every agent's occupied slots and each access key's concurrency (seed: `RecalculateUsageAction`).
@@ -40,17 +42,48 @@ pub struct RecalcState {
     next: Vec<Waiter>,
 }
 
+/// Backend.AI mode: writes the committed run's concurrency counts to the stat Redis. A failure does not fail the
+/// run (the agents' slots are committed): the report says why the counts were not written, and the next run
+/// writes them in full.
+async fn write_concurrency(deps: &Deps, outcome: RecalcOutcome) -> RecalcReport {
+    let RecalcOutcome { mut report, concurrency } = outcome;
+    let Some(counts) = concurrency else { return report };
+    let settings = &deps.settings;
+    let written = async {
+        let target = RedisTarget::resolve(settings.redis_url.as_ref(), deps.directory.etcd()).await?;
+        redis_stat::write_concurrency(&target, &counts, settings.redis_timeout).await
+    }
+    .await;
+    match written {
+        Ok(w) => {
+            deps.metrics.redis_writes.with_label_values(&["ok"]).inc();
+            report.access_keys_updated = w.keys_written;
+            report.access_keys_reset = w.keys_reset;
+        }
+        Err(e) => {
+            deps.metrics.redis_writes.with_label_values(&["failed"]).inc();
+            tracing::warn!(error = %e, "concurrency counts not written to Redis; the next recalculation writes them");
+            report.concurrency_error = Some(format!("the concurrency counts were not written: {e}"));
+        }
+    }
+    report
+}
+
 impl RegistryActor {
     fn start_recalc(&mut self, ctx: &mut Context<Self>) {
         let state = self.recalc_state();
         state.running = true;
         state.runs += 1;
         let run = state.runs;
-        let db = self.deps().db.clone();
-        let metrics = self.deps().metrics.clone();
+        let deps = self.deps().clone();
         let fut = async move {
             let started = std::time::Instant::now();
-            let result = recalc::recalculate_usage(&db, &RecalcOptions::default()).await;
+            let result = recalc::recalculate_usage(&deps.db, &RecalcOptions::default()).await;
+            let result = match result {
+                Ok(outcome) => Ok(write_concurrency(&deps, outcome).await),
+                Err(e) => Err(e),
+            };
+            let metrics = &deps.metrics;
             metrics.recalc_duration.with_label_values(&[] as &[&str]).observe(started.elapsed().as_secs_f64());
             metrics.recalc_runs.with_label_values(&[if result.is_ok() { "ok" } else { "failed" }]).inc();
             result

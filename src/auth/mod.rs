@@ -1,5 +1,6 @@
 //! Admin API authentication: Backend.AI keypair request signing ([`signing`]) verified against the `keypairs`
-//! table, with clock-skew limits. HTTP-agnostic: the API layer hands over the raw header values in an
+//! table (in Backend.AI mode Backend.AI's, with its owning user: see `db::keypairs::find_credential`), with
+//! clock-skew limits. HTTP-agnostic: the API layer hands over the raw header values in an
 //! [`IncomingRequest`] and gets an [`Identity`] or an [`AuthError`] back.
 //!
 //! Keypairs are looked up per request through a small cache ([`CACHE_TTL`]), so deactivating a key takes effect
@@ -209,14 +210,17 @@ impl Authenticator {
         if cached.is_some() {
             return Ok(cached);
         }
-        let found = async { keypairs::find_keypair(&mut *self.inner.db.conn().await?, access_key).await }.await;
+        let db = &self.inner.db;
+        let found = async { keypairs::find_credential(&mut *db.conn().await?, db.mode(), access_key).await }.await;
+        // A keypair without a secret (Backend.AI allows one) cannot sign anything: as if it did not exist.
+        let found = found.map(|c| c.filter(|c| c.secret_key.is_some()));
         match found {
-            Ok(Some(row)) => {
+            Ok(Some(cred)) => {
                 let key = Arc::new(StoredKey::new(
-                    Secret::new(row.secret_key),
-                    row.is_active,
-                    row.is_superadmin,
-                    row.user_id,
+                    Secret::new(cred.secret_key.unwrap_or_default()),
+                    cred.active,
+                    cred.is_superadmin,
+                    cred.user_id,
                 ));
                 if let Ok(mut cache) = self.inner.cache.lock() {
                     cache.insert(access_key.to_owned(), Cached { key: key.clone(), fetched: Instant::now() });
@@ -246,7 +250,11 @@ impl Authenticator {
     }
 
     /// Records `last_used` in the background, at most once per [`LAST_USED_INTERVAL`] per key; failures only log.
+    /// Not in Backend.AI mode: its keypairs are Backend.AI's to write.
     fn note_used(&self, access_key: &str, now: DateTime<Utc>) {
+        if self.inner.db.mode() == crate::config::DatabaseMode::BackendAi {
+            return;
+        }
         let due = match self.inner.last_used_written.lock() {
             Ok(mut written) => match written.get(access_key) {
                 Some(at) if at.elapsed() < LAST_USED_INTERVAL => false,

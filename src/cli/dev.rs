@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 use crate::{
     app::{self, StartError},
-    config::{Config, Secret},
+    config::{Config, DatabaseConfig, Secret},
     db::{
         self, DbError,
         models::{AgentRow, KernelRow, KeypairRow, ScalingGroupRow, SessionRow},
@@ -434,7 +434,8 @@ async fn bring_up(
     let admin_url = format!("postgres://postgres@127.0.0.1:{}/postgres", args.pg_port);
     let db_url = format!("postgres://postgres@127.0.0.1:{}/{DB_NAME}", args.pg_port);
     ensure_database(&admin_url).await?;
-    for v in db::run_migrations(&db_url).await? {
+    let db_config = DatabaseConfig { url: Secret::new(db_url.clone()), ..DatabaseConfig::default() };
+    for v in db::run_migrations(&db_config).await? {
         eprintln!("applied migration {v}");
     }
     let agents = pick_agent_ports(args.agents)?;

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     auth::keys::generate_keypair,
-    config::Config,
+    config::{Config, DatabaseMode},
     db::{self, Db, keypairs, models::KeypairRow},
 };
 
@@ -103,6 +103,12 @@ enum KeypairError {
     NotFound(String),
     #[error("invalid value for --{0}: {1}")]
     Invalid(&'static str, &'static str),
+    #[error(
+        "database.mode = \"backend.ai\": keypairs are Backend.AI's, and the daemon never writes them. {0} them with \
+         Backend.AI's own tools (`backend.ai admin keypair ...` against the manager, or `backend.ai mgr fixture \
+         populate`); the daemon verifies requests against them as they are"
+    )]
+    ManagedByBackendAi(&'static str),
 }
 
 impl From<db::DbError> for KeypairError {
@@ -199,8 +205,8 @@ pub fn main() -> ExitCode {
 }
 
 async fn migrate(config: &Config, revert_all: bool) -> Result<(), db::DbError> {
-    let url = config.database.url.expose();
-    let versions = if revert_all { db::revert_all_migrations(url).await? } else { db::run_migrations(url).await? };
+    let cfg = &config.database;
+    let versions = if revert_all { db::revert_all_migrations(cfg).await? } else { db::run_migrations(cfg).await? };
     let verb = if revert_all { "reverted" } else { "applied" };
     if versions.is_empty() {
         println!("no migrations {verb}; the database is up to date");
@@ -220,6 +226,13 @@ fn parse_pair(raw: &str) -> Result<(uuid::Uuid, uuid::Uuid), String> {
 }
 
 async fn keypair(config: &Config, cmd: KeypairCommand) -> Result<(), KeypairError> {
+    if config.database.mode == DatabaseMode::BackendAi {
+        match cmd {
+            KeypairCommand::Create { .. } => return Err(KeypairError::ManagedByBackendAi("Create")),
+            KeypairCommand::Deactivate { .. } => return Err(KeypairError::ManagedByBackendAi("Deactivate")),
+            KeypairCommand::List { .. } => {}
+        }
+    }
     let pool = Db::new(&config.database)?;
     let mut conn = pool.conn().await?;
     match cmd {
@@ -231,7 +244,7 @@ async fn keypair(config: &Config, cmd: KeypairCommand) -> Result<(), KeypairErro
                 return Err(KeypairError::Invalid("description", "at most 512 characters"));
             }
             if config.database.run_migrations {
-                db::run_migrations(config.database.url.expose()).await?;
+                db::run_migrations(&config.database).await?;
             }
             let key = generate_keypair();
             let row = KeypairRow {
@@ -260,6 +273,26 @@ async fn keypair(config: &Config, cmd: KeypairCommand) -> Result<(), KeypairErro
                 println!();
                 println!("export BACKEND_ACCESS_KEY={}", row.access_key);
                 println!("export BACKEND_SECRET_KEY={}", row.secret_key);
+            }
+        }
+        KeypairCommand::List { json } if config.database.mode == DatabaseMode::BackendAi => {
+            let rows = keypairs::list_credentials(&mut conn, DatabaseMode::BackendAi).await?;
+            if json {
+                let listed: Vec<_> = rows
+                    .iter()
+                    .map(|(ak, c)| {
+                        serde_json::json!({"access_key": ak, "is_active": c.active,
+                            "is_superadmin": c.is_superadmin, "user_id": c.user_id})
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(listed));
+            } else {
+                println!("{:<20}  {:<8}  {:<10}  USER", "ACCESS KEY", "ACTIVE", "SUPERADMIN");
+                for (ak, c) in &rows {
+                    let yes = |b: bool| if b { "yes" } else { "no" };
+                    let user = c.user_id.as_deref().unwrap_or("-");
+                    println!("{ak:<20}  {:<8}  {:<10}  {user}", yes(c.active), yes(c.is_superadmin));
+                }
             }
         }
         KeypairCommand::List { json } => {

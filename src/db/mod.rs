@@ -2,6 +2,7 @@
 //!
 //! Query functions take a `&mut AsyncPgConnection` so that callers can compose them inside one transaction.
 
+pub mod backendai;
 pub mod keypairs;
 pub mod models;
 pub mod queries;
@@ -16,19 +17,21 @@ use diesel_async::{
     AsyncPgConnection,
     async_connection_wrapper::AsyncConnectionWrapper,
     pooled_connection::{
-        AsyncDieselConnectionManager,
+        AsyncDieselConnectionManager, ManagerConfig,
         deadpool::{self, Object, Pool},
     },
 };
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use crate::{
-    config::DatabaseConfig,
+    config::{DatabaseConfig, DatabaseMode},
     error::{ErrorCode, Problem},
 };
 
-/// The migrations under `migrations/`, compiled into the binary.
-pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+/// Standalone mode's cluster tables (`agents`, `kernels`, ...; `migrations/standalone`), in `public`.
+pub const STANDALONE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/standalone");
+/// The daemon's own objects (`migrations/own`), in `database.own_schema`, in both modes.
+pub const OWN_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/own");
 
 /// Failures of the database layer.
 #[derive(Debug, thiserror::Error)]
@@ -95,16 +98,32 @@ pub type Conn = Object<AsyncPgConnection>;
 pub struct Db {
     pool: Pool<AsyncPgConnection>,
     acquire_timeout: Duration,
+    mode: DatabaseMode,
 }
 
 impl Db {
+    /// A pool whose connections resolve names in the daemon's own schema first, then in `public` (where the
+    /// cluster's tables are, Backend.AI's or ours).
     pub fn new(cfg: &DatabaseConfig) -> Result<Self, DbError> {
-        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(cfg.url.expose());
+        let search_path = format!("SET search_path TO {}, public", quote_ident(&cfg.own_schema));
+        let mut manager_config = ManagerConfig::default();
+        manager_config.custom_setup = Box::new(move |url| {
+            let search_path = search_path.clone();
+            let url = url.to_owned();
+            Box::pin(async move {
+                use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+                let mut conn = AsyncPgConnection::establish(&url).await?;
+                conn.batch_execute(&search_path).await.map_err(ConnectionError::CouldntSetupConfiguration)?;
+                Ok(conn)
+            })
+        });
+        let manager =
+            AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(cfg.url.expose(), manager_config);
         let pool = Pool::builder(manager)
             .max_size(cfg.max_connections)
             .build()
             .map_err(|e| DbError::Unavailable(format!("cannot build the pool: {e}")))?;
-        Ok(Self { pool, acquire_timeout: Duration::from_millis(cfg.connect_timeout_ms) })
+        Ok(Self { pool, acquire_timeout: Duration::from_millis(cfg.connect_timeout_ms), mode: cfg.mode })
     }
 
     /// A pooled connection, or `Unavailable` within the configured connect timeout.
@@ -116,6 +135,11 @@ impl Db {
                 Err(DbError::Unavailable(format!("no connection within {} ms", self.acquire_timeout.as_millis())))
             }
         }
+    }
+
+    /// Whose tables these are: ours (standalone) or Backend.AI's.
+    pub fn mode(&self) -> DatabaseMode {
+        self.mode
     }
 
     pub fn status(&self) -> (usize, usize) {
@@ -135,33 +159,77 @@ fn describe_pool_error(e: deadpool::PoolError) -> String {
     }
 }
 
-/// Applies pending migrations; returns the versions applied. Runs the synchronous migration harness on a blocking
-/// thread over an async connection.
-pub async fn run_migrations(url: &str) -> Result<Vec<String>, DbError> {
-    let url = url.to_owned();
-    tokio::task::spawn_blocking(move || {
+/// Applies the pending migrations the mode needs, returning the versions applied: in standalone mode the cluster
+/// tables in `public` (bookkeeping in `public`, as 0.1 kept it), then in both modes the daemon's own objects in
+/// `database.own_schema` (created if missing; bookkeeping there too). A Backend.AI database is never migrated.
+pub async fn run_migrations(cfg: &DatabaseConfig) -> Result<Vec<String>, DbError> {
+    let (url, mode, own) = (cfg.url.expose().to_owned(), cfg.mode, cfg.own_schema.clone());
+    blocking(move || {
         let mut conn = establish_sync(&url)?;
-        let applied = conn.run_pending_migrations(MIGRATIONS).map_err(|e| DbError::Migration(e.to_string()))?;
-        Ok(applied.iter().map(ToString::to_string).collect())
+        let mut applied = Vec::new();
+        if mode == DatabaseMode::Standalone {
+            set_search_path(&mut conn, "public")?;
+            applied.extend(apply(&mut conn, STANDALONE_MIGRATIONS)?);
+        }
+        create_schema(&mut conn, &own)?;
+        set_search_path(&mut conn, &own)?;
+        applied.extend(apply(&mut conn, OWN_MIGRATIONS)?);
+        Ok(applied)
     })
     .await
-    .map_err(|e| DbError::Migration(format!("migration task failed: {e}")))?
 }
 
-/// Reverts every applied migration (used by tests and `migrate --revert-all`).
-pub async fn revert_all_migrations(url: &str) -> Result<Vec<String>, DbError> {
-    let url = url.to_owned();
-    tokio::task::spawn_blocking(move || {
+/// Reverts every applied migration of the mode (the daemon's own objects first), for tests and
+/// `migrate --revert-all`; returns the versions reverted.
+pub async fn revert_all_migrations(cfg: &DatabaseConfig) -> Result<Vec<String>, DbError> {
+    let (url, mode, own) = (cfg.url.expose().to_owned(), cfg.mode, cfg.own_schema.clone());
+    blocking(move || {
         let mut conn = establish_sync(&url)?;
-        let reverted = conn.revert_all_migrations(MIGRATIONS).map_err(|e| DbError::Migration(e.to_string()))?;
-        Ok(reverted.iter().map(ToString::to_string).collect())
+        set_search_path(&mut conn, &own)?;
+        let mut reverted = revert(&mut conn, OWN_MIGRATIONS)?;
+        if mode == DatabaseMode::Standalone {
+            set_search_path(&mut conn, "public")?;
+            reverted.extend(revert(&mut conn, STANDALONE_MIGRATIONS)?);
+        }
+        Ok(reverted)
     })
     .await
-    .map_err(|e| DbError::Migration(format!("migration task failed: {e}")))?
 }
 
-fn establish_sync(url: &str) -> Result<AsyncConnectionWrapper<AsyncPgConnection>, DbError> {
+type SyncConn = AsyncConnectionWrapper<AsyncPgConnection>;
+
+/// The synchronous migration harness runs on a blocking thread over an async connection.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, DbError> + Send + 'static) -> Result<T, DbError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| DbError::Migration(format!("migration task failed: {e}")))?
+}
+
+fn apply(conn: &mut SyncConn, set: EmbeddedMigrations) -> Result<Vec<String>, DbError> {
+    let applied = conn.run_pending_migrations(set).map_err(|e| DbError::Migration(e.to_string()))?;
+    Ok(applied.iter().map(ToString::to_string).collect())
+}
+
+fn revert(conn: &mut SyncConn, set: EmbeddedMigrations) -> Result<Vec<String>, DbError> {
+    let reverted = conn.revert_all_migrations(set).map_err(|e| DbError::Migration(e.to_string()))?;
+    Ok(reverted.iter().map(ToString::to_string).collect())
+}
+
+fn create_schema(conn: &mut SyncConn, schema: &str) -> Result<(), DbError> {
+    use diesel::connection::SimpleConnection;
+    conn.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(schema))).map_err(query_error)
+}
+
+fn set_search_path(conn: &mut SyncConn, path: &str) -> Result<(), DbError> {
+    use diesel::connection::SimpleConnection;
+    let quoted: Vec<String> = path.split(',').map(|s| quote_ident(s.trim())).collect();
+    conn.batch_execute(&format!("SET search_path TO {}", quoted.join(", "))).map_err(query_error)
+}
+
+/// A PostgreSQL identifier, quoted (the configuration already limits schema names to plain identifiers).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn establish_sync(url: &str) -> Result<SyncConn, DbError> {
     use diesel::Connection;
-    AsyncConnectionWrapper::<AsyncPgConnection>::establish(url)
-        .map_err(|e: ConnectionError| DbError::Unavailable(e.to_string()))
+    SyncConn::establish(url).map_err(|e: ConnectionError| DbError::Unavailable(e.to_string()))
 }

@@ -1,14 +1,17 @@
 //! Queries used by the actors and the API. Each takes a connection so callers can compose them in a transaction.
 
 use chrono::{DateTime, Utc};
-use diesel::prelude::*;
+use diesel::{
+    prelude::*,
+    sql_types::{Array, Text},
+};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::{
     DbError,
     models::{AgentEventRow, AgentRow, NewAgentEvent},
     query_error,
-    schema::{agent_events, agents, kernels},
+    schema::{agent_events, agents},
 };
 use crate::domain::{EventOutcome, KernelStatus};
 
@@ -29,15 +32,26 @@ pub async fn list_agents(conn: &mut AsyncPgConnection, scaling_group: Option<&st
     q.load(conn).await.map_err(query_error)
 }
 
+/// The kernel statuses that occupy an agent's resources, as text (a Backend.AI database stores them in the enum
+/// `kernelstatus`, ours in a varchar: comparing `status::text` serves both).
+fn occupying_statuses() -> Vec<&'static str> {
+    KernelStatus::occupying().map(KernelStatus::as_str).collect()
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
 /// Kernels of the agent in a resource-occupying status (all but PENDING, TERMINATED, CANCELLED).
 pub async fn count_occupying_kernels(conn: &mut AsyncPgConnection, agent_id: &str) -> Result<i64, DbError> {
-    let statuses: Vec<KernelStatus> = KernelStatus::occupying().collect();
-    kernels::table
-        .filter(kernels::agent.eq(agent_id))
-        .filter(kernels::status.eq_any(statuses))
-        .count()
-        .get_result(conn)
+    diesel::sql_query("SELECT count(*) AS n FROM kernels WHERE agent = $1 AND status::text = ANY($2)")
+        .bind::<Text, _>(agent_id)
+        .bind::<Array<Text>, _>(occupying_statuses())
+        .get_result::<Count>(conn)
         .await
+        .map(|c| c.n)
         .map_err(query_error)
 }
 
@@ -99,23 +113,26 @@ pub async fn mark_open_events_interrupted(conn: &mut AsyncPgConnection) -> Resul
 }
 
 /// A kernel as sync sends it.
-#[derive(Debug, Clone, PartialEq, Queryable)]
+#[derive(Debug, Clone, PartialEq, QueryableByName)]
 pub struct SyncKernel {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
     pub id: uuid::Uuid,
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
     pub session_id: uuid::Uuid,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
     pub agent_addr: Option<String>,
 }
 
 /// The agent's kernels in a resource-occupying status (all but PENDING, TERMINATED, CANCELLED), as Backend.AI's
-/// `sync_agent_kernel_registry` reads them.
+/// `sync_agent_kernel_registry` reads them, whatever their role.
 pub async fn occupying_kernels(conn: &mut AsyncPgConnection, agent_id: &str) -> Result<Vec<SyncKernel>, DbError> {
-    let statuses: Vec<KernelStatus> = KernelStatus::occupying().collect();
-    kernels::table
-        .filter(kernels::agent.eq(agent_id))
-        .filter(kernels::status.eq_any(statuses))
-        .order((kernels::session_id, kernels::id))
-        .select((kernels::id, kernels::session_id, kernels::agent_addr))
-        .load(conn)
-        .await
-        .map_err(query_error)
+    diesel::sql_query(
+        "SELECT id, session_id, agent_addr::text AS agent_addr FROM kernels \
+         WHERE agent = $1 AND status::text = ANY($2) ORDER BY session_id, id",
+    )
+    .bind::<Text, _>(agent_id)
+    .bind::<Array<Text>, _>(occupying_statuses())
+    .load(conn)
+    .await
+    .map_err(query_error)
 }

@@ -16,6 +16,12 @@
 //! - per access key, the occupying sessions are counted (SYSTEM sessions separately) and upserted; keys with a row
 //!   but no occupying session any more are set to 0;
 //! - without any agent nothing is written at all.
+//!
+//! In Backend.AI mode the same SQL runs on Backend.AI's tables (its enum columns compare with the same literals),
+//! and the concurrency counts follow 23.09 instead: distinct sessions per access key whose *session* status occupies
+//! user resources (all but PENDING, TERMINATING, TERMINATED, CANCELLED), a session counting as SFTP when it has a
+//! kernel whose `role` is SYSTEM and as compute when it has any other kernel. They are not written here but returned
+//! ([`RecalcOutcome::concurrency`]) for Redis, which is written only after this transaction has committed.
 
 use std::time::{Duration, Instant};
 
@@ -28,7 +34,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::{Db, DbError, query_error, schema::sql_types::Agentstatus};
-use crate::domain::AgentStatus;
+use crate::{config::DatabaseMode, domain::AgentStatus, redis_stat::ConcurrencyCounts};
 
 /// How [`recalculate_usage`] retries serialization failures.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +61,17 @@ pub struct SkippedAgent {
     pub reason: String,
 }
 
+/// Where the per-access-key concurrency counts go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConcurrencyStore {
+    /// Standalone: the `keypair_resource_usage` table, in the same transaction.
+    Database,
+    /// Backend.AI: Redis keys `keypair.concurrency_used.{ak}` and `keypair.sftp_concurrency_used.{ak}`, after the
+    /// transaction commits.
+    Redis,
+}
+
 /// What one recalculation did. Agent id lists are sorted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RecalcReport {
@@ -66,10 +83,15 @@ pub struct RecalcReport {
     pub agents_reset: Vec<String>,
     /// Agents left untouched: LOST or TERMINATED, and RESTARTING ones without counted kernels.
     pub agents_skipped: Vec<SkippedAgent>,
-    /// Rows of `keypair_resource_usage` written (upserted with counts, or set to 0).
+    /// Where the concurrency counts went.
+    pub concurrency_store: ConcurrencyStore,
+    /// Counts written: rows of `keypair_resource_usage` (upserted with counts, or set to 0), or Redis keys.
     pub access_keys_updated: usize,
-    /// Of those, rows set to 0 because their key has no occupying session any more.
+    /// Of those, the ones set to 0 because their access key has no occupying session any more.
     pub access_keys_reset: usize,
+    /// Why the counts were not written (Redis unreachable, refused the password, ...); the agents' slots were. The
+    /// next run writes the counts again in full.
+    pub concurrency_error: Option<String>,
     /// Transaction attempts, 1 unless serialization failures were retried.
     pub attempts: u32,
     /// Wall time of the whole call, retries and pauses included.
@@ -80,9 +102,10 @@ pub struct RecalcReport {
 /// from scratch on serialization failure up to `opts.max_attempts` times. Returns the last error when every attempt
 /// failed or when an error other than a serialization failure occurs.
 #[tracing::instrument(skip_all, fields(action = "recalculate_usage"))]
-pub async fn recalculate_usage(db: &Db, opts: &RecalcOptions) -> Result<RecalcReport, DbError> {
+pub async fn recalculate_usage(db: &Db, opts: &RecalcOptions) -> Result<RecalcOutcome, DbError> {
     let started = Instant::now();
     let max_attempts = opts.max_attempts.max(1);
+    let mode = db.mode();
     let mut conn = db.conn().await?;
     let mut attempt = 0;
     loop {
@@ -90,10 +113,11 @@ pub async fn recalculate_usage(db: &Db, opts: &RecalcOptions) -> Result<RecalcRe
         let result = conn
             .build_transaction()
             .serializable()
-            .run(async |conn: &mut AsyncPgConnection| recalc_once(conn).await)
+            .run(async |conn: &mut AsyncPgConnection| recalc_once(conn, mode).await)
             .await;
         match result {
-            Ok(outcome) => {
+            Ok(mut outcome) => {
+                let concurrency = outcome.concurrency.take();
                 let report = outcome.into_report(attempt, started.elapsed());
                 tracing::info!(
                     attempts = report.attempts,
@@ -104,7 +128,7 @@ pub async fn recalculate_usage(db: &Db, opts: &RecalcOptions) -> Result<RecalcRe
                     access_keys_updated = report.access_keys_updated,
                     "usage recalculated"
                 );
-                return Ok(report);
+                return Ok(RecalcOutcome { report, concurrency });
             }
             Err(e) if e.is_serialization_failure() && attempt < max_attempts => {
                 let pause = backoff(opts, attempt);
@@ -131,14 +155,24 @@ fn backoff(opts: &RecalcOptions, attempt: u32) -> Duration {
     rand::thread_rng().gen_range(floor..=ceiling)
 }
 
+/// A committed recalculation: its report, and in Backend.AI mode the concurrency counts still to be written to
+/// Redis (the report's `access_keys_*` are filled in once they are).
+#[derive(Debug, Clone)]
+pub struct RecalcOutcome {
+    pub report: RecalcReport,
+    pub concurrency: Option<ConcurrencyCounts>,
+}
+
 /// The result of one successful attempt, before timing is known.
 struct Outcome {
     agents_total: usize,
     updated: Vec<String>,
     reset: Vec<String>,
     skipped: Vec<SkippedAgent>,
+    store: ConcurrencyStore,
     keys_written: usize,
     keys_reset: usize,
+    concurrency: Option<ConcurrencyCounts>,
 }
 
 impl Outcome {
@@ -151,8 +185,10 @@ impl Outcome {
             agents_updated: self.updated,
             agents_reset: self.reset,
             agents_skipped: self.skipped,
+            concurrency_store: self.store,
             access_keys_updated: self.keys_written,
             access_keys_reset: self.keys_reset,
+            concurrency_error: None,
             attempts,
             elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
         }
@@ -256,6 +292,27 @@ struct UntouchedAgent {
     summed: bool,
 }
 
+/// Backend.AI mode: distinct occupying sessions per access key (23.09's meaning; see the module comment). A session
+/// with both kinds of kernels counts in both.
+const BACKEND_AI_CONCURRENCY_SQL: &str = "\
+SELECT s.access_key::text AS access_key,
+       count(DISTINCT s.id) FILTER (WHERE k.role::text IS DISTINCT FROM 'SYSTEM') AS compute_n,
+       count(DISTINCT s.id) FILTER (WHERE k.role::text = 'SYSTEM') AS sftp_n
+FROM sessions s
+JOIN kernels k ON k.session_id = s.id
+WHERE s.status::text NOT IN ('PENDING', 'TERMINATING', 'TERMINATED', 'CANCELLED') AND s.access_key IS NOT NULL
+GROUP BY s.access_key";
+
+#[derive(QueryableByName)]
+struct SessionCounts {
+    #[diesel(sql_type = Text)]
+    access_key: String,
+    #[diesel(sql_type = BigInt)]
+    compute_n: i64,
+    #[diesel(sql_type = BigInt)]
+    sftp_n: i64,
+}
+
 #[derive(QueryableByName)]
 struct KeypairCounts {
     #[diesel(sql_type = BigInt)]
@@ -265,7 +322,11 @@ struct KeypairCounts {
 }
 
 /// One attempt, inside the transaction. Everything is recomputed here, so a retry starts from scratch.
-async fn recalc_once(conn: &mut AsyncPgConnection) -> Result<Outcome, DbError> {
+async fn recalc_once(conn: &mut AsyncPgConnection, mode: DatabaseMode) -> Result<Outcome, DbError> {
+    let store = match mode {
+        DatabaseMode::Standalone => ConcurrencyStore::Database,
+        DatabaseMode::BackendAi => ConcurrencyStore::Redis,
+    };
     let agents_total = diesel::sql_query("SELECT count(*) AS n FROM agents")
         .get_result::<CountRow>(conn)
         .await
@@ -277,8 +338,10 @@ async fn recalc_once(conn: &mut AsyncPgConnection) -> Result<Outcome, DbError> {
             updated: vec![],
             reset: vec![],
             skipped: vec![],
+            store,
             keys_written: 0,
             keys_reset: 0,
+            concurrency: None,
         });
     }
     for sql in TUNE_SQL {
@@ -300,15 +363,39 @@ async fn recalc_once(conn: &mut AsyncPgConnection) -> Result<Outcome, DbError> {
         .map(|row| SkippedAgent { reason: skip_reason(row.status, row.summed), agent_id: row.id, status: row.status })
         .collect();
 
-    let keys = diesel::sql_query(UPDATE_KEYPAIRS_SQL).get_result::<KeypairCounts>(conn).await.map_err(query_error)?;
+    let (keys_written, keys_reset, concurrency) = match mode {
+        DatabaseMode::Standalone => {
+            let keys =
+                diesel::sql_query(UPDATE_KEYPAIRS_SQL).get_result::<KeypairCounts>(conn).await.map_err(query_error)?;
+            let count = |n: i64| usize::try_from(n).unwrap_or(usize::MAX);
+            (count(keys.upserted + keys.zeroed), count(keys.zeroed), None)
+        }
+        DatabaseMode::BackendAi => {
+            let rows =
+                diesel::sql_query(BACKEND_AI_CONCURRENCY_SQL).load::<SessionCounts>(conn).await.map_err(query_error)?;
+            let mut counts = ConcurrencyCounts::default();
+            for row in rows {
+                let n = |v: i64| u64::try_from(v).unwrap_or(0);
+                if row.compute_n > 0 {
+                    counts.compute.insert(row.access_key.clone(), n(row.compute_n));
+                }
+                if row.sftp_n > 0 {
+                    counts.sftp.insert(row.access_key, n(row.sftp_n));
+                }
+            }
+            (0, 0, Some(counts))
+        }
+    };
 
     Ok(Outcome {
         agents_total: usize::try_from(agents_total).unwrap_or(usize::MAX),
         updated,
         reset,
         skipped,
-        keys_written: usize::try_from(keys.upserted + keys.zeroed).unwrap_or(usize::MAX),
-        keys_reset: usize::try_from(keys.zeroed).unwrap_or(usize::MAX),
+        store,
+        keys_written,
+        keys_reset,
+        concurrency,
     })
 }
 

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub db_pool: IntGaugeVec,
     pub etcd_cache: IntGaugeVec,
     pub agents: IntGauge,
+    pub redis_writes: IntCounterVec,
 }
 
 impl Metrics {
@@ -66,6 +67,13 @@ impl Metrics {
             &["kind"],
         )?;
         let agents = IntGauge::new("agents", "Agent actors running")?;
+        let redis_writes = IntCounterVec::new(
+            Opts::new(
+                "redis_concurrency_writes_total",
+                "Concurrency counts written to Redis (Backend.AI mode), by outcome",
+            ),
+            &["outcome"],
+        )?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(watcher_calls.clone()))?;
@@ -77,6 +85,7 @@ impl Metrics {
         registry.register(Box::new(db_pool.clone()))?;
         registry.register(Box::new(etcd_cache.clone()))?;
         registry.register(Box::new(agents.clone()))?;
+        registry.register(Box::new(redis_writes.clone()))?;
         Ok(Self {
             registry,
             http_requests,
@@ -90,6 +99,7 @@ impl Metrics {
             db_pool,
             etcd_cache,
             agents,
+            redis_writes,
         })
     }
 

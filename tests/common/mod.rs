@@ -2,12 +2,14 @@
 //! from a migrated template, one etcd namespace per test, and helpers for private service processes.
 #![allow(dead_code)]
 
+pub mod backendai;
 pub mod procs;
 pub mod supervisor;
 pub mod watcher;
 
 use std::{collections::hash_map::DefaultHasher, hash::Hasher, path::Path, time::Duration};
 
+pub use agent_supervisor::config::DatabaseMode;
 use agent_supervisor::{
     config::{DatabaseConfig, EtcdConfig, Secret},
     db::{self, Db},
@@ -65,28 +67,69 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// A database of its own for one test, migrated, dropped when the value is dropped.
+/// A database of its own for one test, migrated, dropped when the value is dropped: the daemon's own tables
+/// (standalone mode), or Backend.AI's with the fixtures and the daemon's own schema (Backend.AI mode).
 pub struct TestDb {
     pub name: String,
     pub url: String,
     pub db: Db,
+    pub mode: DatabaseMode,
     /// The server's administrative URL, to drop the database with.
     admin: String,
 }
 
+/// One kernel to seed (see [`TestDb::add_kernel`]).
+pub struct Kernel<'a> {
+    pub id: uuid::Uuid,
+    pub session: uuid::Uuid,
+    pub agent: Option<&'a str>,
+    pub agent_addr: &'a str,
+    pub status: &'a str,
+    pub slots: &'a str,
+    /// A SYSTEM (SFTP) kernel: Backend.AI's `kernels.role`; in standalone mode the `session_type`.
+    pub system: bool,
+}
+
+impl<'a> Kernel<'a> {
+    /// A RUNNING compute kernel of `session` on `agent`, occupying `{"cpu": "1"}`.
+    pub fn on(session: uuid::Uuid, agent: &'a str) -> Self {
+        Self {
+            id: uuid::Uuid::new_v4(),
+            session,
+            agent: Some(agent),
+            agent_addr: "tcp://127.0.0.1:6001",
+            status: "RUNNING",
+            slots: r#"{"cpu": "1"}"#,
+            system: false,
+        }
+    }
+}
+
 impl TestDb {
-    /// On the shared test server.
+    /// Standalone mode, on the shared test server.
     pub async fn new() -> Self {
-        Self::on(&admin_url()).await
+        Self::in_mode(DatabaseMode::Standalone).await
     }
 
-    /// On the server `admin` points at (a test's private PostgreSQL, say).
+    /// On the shared test server, in `mode`.
+    pub async fn in_mode(mode: DatabaseMode) -> Self {
+        Self::on_in(&admin_url(), mode).await
+    }
+
+    /// Standalone mode, on the server `admin` points at (a test's private PostgreSQL, say).
     pub async fn on(admin_url: &str) -> Self {
-        let tpl = template_name();
+        Self::on_in(admin_url, DatabaseMode::Standalone).await
+    }
+
+    async fn on_in(admin_url: &str, mode: DatabaseMode) -> Self {
+        let (tpl, lock) = match mode {
+            DatabaseMode::Standalone => (template_name(), 727274),
+            DatabaseMode::BackendAi => (backendai::template_name(), 727275),
+        };
         let name = unique("as_test");
         let mut conn = admin(admin_url).await;
         // One process at a time builds the template; creating from it is then a file copy.
-        diesel::sql_query("SELECT pg_advisory_lock(727274)").execute(&mut conn).await.unwrap();
+        diesel::sql_query(format!("SELECT pg_advisory_lock({lock})")).execute(&mut conn).await.unwrap();
         let exists: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!(
             "(SELECT count(*) FROM pg_database WHERE datname = '{tpl}')"
         )))
@@ -97,14 +140,33 @@ impl TestDb {
             let building = format!("{tpl}_building");
             diesel::sql_query(format!("DROP DATABASE IF EXISTS {building}")).execute(&mut conn).await.unwrap();
             diesel::sql_query(format!("CREATE DATABASE {building}")).execute(&mut conn).await.unwrap();
-            db::run_migrations(&db_url_on(admin_url, &building)).await.unwrap();
+            let url = db_url_on(admin_url, &building);
+            if mode == DatabaseMode::BackendAi {
+                backendai::create_schema(&url);
+                use diesel_async::SimpleAsyncConnection;
+                let mut tpl_conn = AsyncPgConnection::establish(&url).await.unwrap();
+                tpl_conn.batch_execute(&backendai::fixtures()).await.unwrap();
+            }
+            db::run_migrations(&database_config_in(&url, mode)).await.unwrap();
             diesel::sql_query(format!("ALTER DATABASE {building} RENAME TO {tpl}")).execute(&mut conn).await.unwrap();
         }
         diesel::sql_query(format!("CREATE DATABASE {name} TEMPLATE {tpl}")).execute(&mut conn).await.unwrap();
-        diesel::sql_query("SELECT pg_advisory_unlock(727274)").execute(&mut conn).await.unwrap();
+        diesel::sql_query(format!("SELECT pg_advisory_unlock({lock})")).execute(&mut conn).await.unwrap();
         let url = db_url_on(admin_url, &name);
-        let db = Db::new(&database_config(&url)).unwrap();
-        Self { name, url, db, admin: admin_url.to_owned() }
+        let db = Db::new(&database_config_in(&url, mode)).unwrap();
+        Self { name, url, db, mode, admin: admin_url.to_owned() }
+    }
+
+    /// A copy of this database as it is now (its own connections are closed for the copy, then opened again).
+    pub async fn copy(&mut self) -> TestDb {
+        self.db.close();
+        let name = unique("as_copy");
+        let mut conn = admin(&self.admin).await;
+        diesel::sql_query(format!("CREATE DATABASE {name} TEMPLATE {}", self.name)).execute(&mut conn).await.unwrap();
+        self.db = Db::new(&self.config()).unwrap();
+        let url = db_url_on(&self.admin, &name);
+        let db = Db::new(&database_config_in(&url, self.mode)).unwrap();
+        TestDb { name, url, db, mode: self.mode, admin: self.admin.clone() }
     }
 
     /// An empty database (no migrations), for migration tests.
@@ -114,31 +176,117 @@ impl TestDb {
         diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
         let url = db_url(&name);
         let db = Db::new(&database_config(&url)).unwrap();
-        Self { name, url, db, admin: admin_url() }
+        Self { name, url, db, mode: DatabaseMode::Standalone, admin: admin_url() }
     }
 
     pub fn config(&self) -> DatabaseConfig {
-        database_config(&self.url)
+        database_config_in(&self.url, self.mode)
     }
 
+    /// Runs one or more statements (a simple query: no parameters, several statements allowed).
     pub async fn sql(&self, sql: &str) {
+        use diesel_async::SimpleAsyncConnection;
         let mut conn = self.db.conn().await.unwrap();
-        diesel::sql_query(sql).execute(&mut conn).await.unwrap();
+        conn.batch_execute(sql).await.unwrap_or_else(|e| panic!("{e}: {sql}"));
     }
 
-    /// An ALIVE agent row in the default scaling group.
+    /// An ALIVE agent row in the default scaling group, with 8 CPUs and nothing occupied.
     pub async fn add_agent(&self, id: &str) {
-        self.sql("INSERT INTO scaling_groups (name) VALUES ('default') ON CONFLICT DO NOTHING").await;
-        self.sql(&format!(
-            "INSERT INTO agents (id, region, addr, version, architecture, available_slots) \
-             VALUES ('{id}', 'local', 'tcp://127.0.0.1:6001', '23.09.10', 'x86_64', '{{\"cpu\": \"8\"}}')"
-        ))
-        .await;
+        self.add_agent_with(id, "ALIVE", "tcp://127.0.0.1:6001", r#"{"cpu": "8"}"#, "{}").await;
+    }
+
+    /// An agent row in the default scaling group, as the cluster would have it.
+    pub async fn add_agent_with(&self, id: &str, status: &str, addr: &str, available: &str, occupied: &str) {
+        match self.mode {
+            DatabaseMode::Standalone => {
+                self.sql(&format!(
+                    "INSERT INTO scaling_groups (name) VALUES ('default') ON CONFLICT DO NOTHING; \
+                     INSERT INTO agents (id, status, region, addr, version, architecture, available_slots, \
+                     occupied_slots) VALUES ('{id}', '{status}', 'local', '{addr}', '23.09.10', 'x86_64', \
+                     '{available}', '{occupied}')"
+                ))
+                .await
+            }
+            DatabaseMode::BackendAi => self.sql(&backendai::agent_sql(id, status, addr, available, occupied)).await,
+        }
+    }
+
+    /// An access key that may own sessions (Backend.AI's sessions reference its keypairs).
+    pub fn user_access_key(&self) -> &'static str {
+        match self.mode {
+            DatabaseMode::Standalone => "AKTESTUSER0000000000",
+            DatabaseMode::BackendAi => backendai::USER.0,
+        }
+    }
+
+    /// A session of `access_key` in `status`; `system` makes it an SFTP session in standalone mode (Backend.AI
+    /// decides that by its kernels' role). Returns its id.
+    pub async fn add_session(&self, access_key: &str, status: &str, system: bool) -> uuid::Uuid {
+        let id = uuid::Uuid::new_v4();
+        match self.mode {
+            DatabaseMode::Standalone => {
+                let kind = if system { "SYSTEM" } else { "INTERACTIVE" };
+                self.sql(&format!(
+                    "INSERT INTO sessions (id, access_key, status, session_type) \
+                     VALUES ('{id}', '{access_key}', '{status}', '{kind}')"
+                ))
+                .await
+            }
+            DatabaseMode::BackendAi => self.sql(&backendai::session_sql(&id, access_key, status)).await,
+        }
+        id
+    }
+
+    /// A kernel row; its access key is its session's.
+    pub async fn add_kernel(&self, k: Kernel<'_>) {
+        let sql = match self.mode {
+            DatabaseMode::Standalone => {
+                let agent = k.agent.map_or("NULL".to_owned(), |a| format!("'{a}'"));
+                let kind = if k.system { "SYSTEM" } else { "INTERACTIVE" };
+                format!(
+                    "INSERT INTO kernels (id, session_id, session_type, agent, agent_addr, access_key, status, \
+                     occupied_slots) SELECT '{}', s.id, '{kind}', {agent}, '{}', s.access_key, '{}', '{}' \
+                     FROM sessions s WHERE s.id = '{}'",
+                    k.id, k.agent_addr, k.status, k.slots, k.session
+                )
+            }
+            DatabaseMode::BackendAi => {
+                let role = if k.system { "SYSTEM" } else { "COMPUTE" };
+                let access_key = self.session_access_key(k.session).await;
+                backendai::kernel_sql(&k.id, &k.session, &access_key, k.agent, k.agent_addr, k.status, role, k.slots)
+            }
+        };
+        self.sql(&sql).await;
+    }
+
+    async fn session_access_key(&self, session: uuid::Uuid) -> String {
+        #[derive(diesel::QueryableByName)]
+        struct Ak {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            access_key: String,
+        }
+        let mut conn = self.db.conn().await.unwrap();
+        diesel::sql_query(format!("SELECT access_key::text AS access_key FROM sessions WHERE id = '{session}'"))
+            .get_result::<Ak>(&mut conn)
+            .await
+            .unwrap()
+            .access_key
     }
 }
 
 pub fn database_config(url: &str) -> DatabaseConfig {
-    DatabaseConfig { url: Secret::new(url), max_connections: 8, connect_timeout_ms: 2_000, run_migrations: false }
+    database_config_in(url, DatabaseMode::Standalone)
+}
+
+pub fn database_config_in(url: &str, mode: DatabaseMode) -> DatabaseConfig {
+    DatabaseConfig {
+        url: Secret::new(url),
+        mode,
+        max_connections: 8,
+        connect_timeout_ms: 2_000,
+        run_migrations: false,
+        ..DatabaseConfig::default()
+    }
 }
 
 impl Drop for TestDb {
@@ -208,6 +356,26 @@ impl Drop for TestEtcd {
         .join();
     }
 }
+
+/// Declares, for each `async fn name(mode: DatabaseMode)` named, two tests: `name::standalone` and
+/// `name::backend_ai`. Every seed scenario runs this way, in both database modes.
+#[allow(unused_macros)]
+macro_rules! in_both_modes {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[actix_rt::test]
+            async fn standalone() {
+                super::$name($crate::common::DatabaseMode::Standalone).await
+            }
+            #[actix_rt::test]
+            async fn backend_ai() {
+                super::$name($crate::common::DatabaseMode::BackendAi).await
+            }
+        }
+    )*};
+}
+#[allow(unused_imports)]
+pub(crate) use in_both_modes;
 
 /// Polls `check` until it returns true or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool

@@ -10,6 +10,11 @@ use std::{
 
 use agent_supervisor::cli::dev;
 
+/// This repository (where `scripts/` and `tests/` are).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
 /// The `agent-watcher` binary of this build. It belongs to its own crate, so cargo builds it beside the daemon's
 /// binaries (`cargo build --workspace --bins`, which `scripts/test` runs) but gives the daemon's tests no
 /// `CARGO_BIN_EXE_` variable for it.
@@ -111,6 +116,78 @@ impl PrivateEtcd {
 }
 
 impl Drop for PrivateEtcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A `redis-server` of the test's own (Debian's package), on 127.0.0.1, nothing persisted, optionally with a
+/// password; the test may stop and start it on the same port.
+pub struct PrivateRedis {
+    pub port: u16,
+    password: Option<String>,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    pub fn start(password: Option<&str>) -> Self {
+        let mut me = Self { port: free_port(), password: password.map(str::to_owned), child: None };
+        me.restart();
+        me
+    }
+
+    /// `redis://[:password@]127.0.0.1:PORT/0`.
+    pub fn url(&self) -> String {
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/0", self.port),
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
+    }
+
+    pub fn restart(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"]);
+        if let Some(p) = &self.password {
+            cmd.args(["--requirepass", p]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (package redis-server) is required; scripts/test installs it");
+        self.child = Some(child);
+        assert!(wait_for_port(self.port, Duration::from_secs(10)), "private redis-server did not start");
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs one command with `redis-cli` and returns its output (raw), e.g. `cli(&["GET", "k"])`.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--raw"]);
+        if let Some(p) = &self.password {
+            cmd.env("REDISCLI_AUTH", p);
+        }
+        let out = cmd.args(args).output().expect("redis-cli (package redis-tools) is required");
+        assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim_end().to_owned()
+    }
+
+    /// Every `keypair.*` key with its value, sorted.
+    pub fn concurrency_keys(&self) -> Vec<(String, String)> {
+        let keys = self.cli(&["--scan", "--pattern", "keypair.*"]);
+        let mut keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+        keys.sort_unstable();
+        keys.into_iter().map(|k| (k.to_owned(), self.cli(&["GET", k]))).collect()
+    }
+}
+
+impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.stop();
     }

@@ -18,7 +18,7 @@ use agent_supervisor::{
 };
 use serde_json::Value;
 
-use super::{TestDb, TestEtcd};
+use super::{DatabaseMode, TestDb, TestEtcd};
 
 pub const TOKEN: &str = "test-watcher-token";
 
@@ -27,6 +27,12 @@ pub const TOKEN: &str = "test-watcher-token";
 pub struct Creds {
     pub access_key: String,
     pub secret_key: String,
+}
+
+impl Creds {
+    pub fn of((access_key, secret_key): (&str, &str)) -> Self {
+        Self { access_key: access_key.to_owned(), secret_key: secret_key.to_owned() }
+    }
 }
 
 /// Inserts a keypair into the database `db` points at.
@@ -84,6 +90,11 @@ impl TestApp {
         Self::spawn_on(TestDb::new().await, tweak).await
     }
 
+    /// A daemon in `mode`: on its own tables, or next to Backend.AI's (with `tests/backendai/fixtures.sql`).
+    pub async fn spawn_in(mode: DatabaseMode, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::spawn_on(TestDb::in_mode(mode).await, tweak).await
+    }
+
     /// A daemon whose database lives on a PostgreSQL server of the test's own, which the test may stop and start.
     pub async fn spawn_on_private_postgres(
         pg: &super::procs::PrivatePostgres,
@@ -96,11 +107,15 @@ impl TestApp {
         .await
     }
 
-    async fn spawn_on(db: TestDb, tweak: impl FnOnce(&mut Config)) -> Self {
+    /// A daemon on a database the test has prepared.
+    pub async fn spawn_on(db: TestDb, tweak: impl FnOnce(&mut Config)) -> Self {
         let etcd = TestEtcd::new();
         let mut config = test_config(&db, &etcd);
         tweak(&mut config);
-        let admin = create_keypair(&config.database, true, true).await;
+        let admin = match db.mode {
+            DatabaseMode::Standalone => create_keypair(&config.database, true, true).await,
+            DatabaseMode::BackendAi => Creds::of(super::backendai::ADMIN),
+        };
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let (server, running) = app::start(&config, listener).await.unwrap().split();
         let url = format!("http://{}", running.addr);
@@ -132,15 +147,9 @@ impl TestApp {
 
     /// A RUNNING session with `n` RUNNING kernels on the agent.
     pub async fn add_running_kernels(&self, agent: &str, n: usize) {
-        let session = uuid::Uuid::new_v4();
-        self.sql(&format!("INSERT INTO sessions (id, access_key, status) VALUES ('{session}', 'AKTEST', 'RUNNING')"))
-            .await;
+        let session = self.db.add_session(self.db.user_access_key(), "RUNNING", false).await;
         for _ in 0..n {
-            self.sql(&format!(
-                "INSERT INTO kernels (id, session_id, agent, agent_addr, status, occupied_slots) \
-                 VALUES (gen_random_uuid(), '{session}', '{agent}', 'tcp://127.0.0.1:6001', 'RUNNING', '{{\"cpu\": \"1\"}}')"
-            ))
-            .await;
+            self.db.add_kernel(super::Kernel::on(session, agent)).await;
         }
     }
 
@@ -174,8 +183,24 @@ impl TestApp {
     }
 
     /// A keypair in the daemon's database.
+    /// A new keypair: in Backend.AI mode a new user's main keypair (`active` = the user's status).
     pub async fn add_keypair(&self, superadmin: bool, active: bool) -> Creds {
-        create_keypair(&self.config.database, superadmin, active).await
+        match self.db.mode {
+            DatabaseMode::Standalone => create_keypair(&self.config.database, superadmin, active).await,
+            DatabaseMode::BackendAi => {
+                let key = generate_keypair();
+                let (role, status) =
+                    (if superadmin { "superadmin" } else { "user" }, if active { "active" } else { "inactive" });
+                self.sql(&super::backendai::user_with_keypair_sql(
+                    &key.access_key,
+                    key.secret_key.expose(),
+                    role,
+                    status,
+                ))
+                .await;
+                Creds { access_key: key.access_key, secret_key: key.secret_key.expose().to_owned() }
+            }
+        }
     }
 
     /// Signed with `creds` (JSON bodies as `application/json`, none as `text/plain`, like the official client), or

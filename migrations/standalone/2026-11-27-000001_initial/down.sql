@@ -1,6 +1,4 @@
-DROP FUNCTION IF EXISTS slot_each(jsonb);
 DROP TABLE IF EXISTS keypair_resource_usage;
-DROP TABLE IF EXISTS agent_events;
 DROP TABLE IF EXISTS keypairs;
 DROP TABLE IF EXISTS kernels;
 DROP TABLE IF EXISTS sessions;

@@ -1,4 +1,6 @@
--- The classic Backend.AI tables the supervisor reads and writes, plus its own audit and usage tables.
+-- Standalone mode: the classic Backend.AI tables the supervisor reads and writes, in `public`, plus the
+-- per-access-key concurrency table (Backend.AI keeps those counts in Redis). The daemon's own objects (the audit
+-- trail, ...) are in migrations/own, in a schema of their own.
 
 CREATE TYPE agentstatus AS ENUM ('ALIVE', 'LOST', 'RESTARTING', 'TERMINATED');
 
@@ -96,24 +98,6 @@ CREATE TABLE keypairs (
     last_used     TIMESTAMPTZ
 );
 
--- Audit trail: one row per command, inserted when it is accepted and updated when it ends.
-CREATE TABLE agent_events (
-    id           BIGSERIAL    PRIMARY KEY,
-    agent_id     VARCHAR(64)  NOT NULL,
-    action       VARCHAR(32)  NOT NULL,
-    requester    VARCHAR(256) NOT NULL,
-    requested_at TIMESTAMPTZ  NOT NULL DEFAULT now(),
-    started_at   TIMESTAMPTZ,
-    finished_at  TIMESTAMPTZ,
-    outcome      VARCHAR(16)  NOT NULL DEFAULT 'queued'
-                 CHECK (outcome IN ('queued', 'running', 'succeeded', 'failed', 'rejected', 'unknown',
-                                    'interrupted', 'observed')),
-    http_status  SMALLINT,
-    detail       JSONB        NOT NULL DEFAULT '{}'
-);
-CREATE INDEX agent_events_agent_idx ON agent_events (agent_id, id DESC);
-CREATE INDEX agent_events_open_idx ON agent_events (outcome) WHERE outcome IN ('queued', 'running');
-
 -- Concurrency per access key, written by recalculation (Backend.AI keeps these in Redis).
 CREATE TABLE keypair_resource_usage (
     access_key            VARCHAR(20) PRIMARY KEY,
@@ -121,9 +105,3 @@ CREATE TABLE keypair_resource_usage (
     sftp_concurrency_used INTEGER     NOT NULL DEFAULT 0 CHECK (sftp_concurrency_used >= 0),
     updated_at            TIMESTAMPTZ NOT NULL DEFAULT now()
 );
-
--- jsonb_each_text() is declared ROWS 100 while a resource slot map has about three keys; that estimate drives the
--- planner into index-ordered nested loops at scale. A STRICT (hence non-inlined) wrapper carries the right estimate.
-CREATE FUNCTION slot_each(jsonb) RETURNS TABLE (key text, value text)
-    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE ROWS 4
-    AS 'SELECT * FROM jsonb_each_text($1)';
