@@ -64,9 +64,10 @@ impl fmt::Display for RedisTarget {
 impl RedisTarget {
     /// From `redis.url`; the database in the URL, if any, is replaced by the stat database.
     pub fn from_url(url: &Secret) -> Result<Self, RedisError> {
-        let info = url.expose().into_connection_info().map_err(|e| {
-            RedisError::BadConfig(format!("redis.url is not a Redis URL ({})", format!("{:?}", e.kind())))
-        })?;
+        let info = url
+            .expose()
+            .into_connection_info()
+            .map_err(|e| RedisError::BadConfig(format!("redis.url is not a Redis URL ({:?})", e.kind())))?;
         Ok(Self::with_stat_db(info))
     }
 
@@ -90,7 +91,7 @@ impl RedisTarget {
             .ok_or_else(|| RedisError::BadConfig(format!("etcd {ETCD_ADDR_KEY} holds {addr:?}, not host:port")))?;
         let info = redis::ConnectionAddr::Tcp(host, port)
             .into_connection_info()
-            .map_err(|e| RedisError::BadConfig(format!("etcd {ETCD_ADDR_KEY}: {}", format!("{:?}", e.kind()))))?;
+            .map_err(|e| RedisError::BadConfig(format!("etcd {ETCD_ADDR_KEY}: {:?}", e.kind())))?;
         let mut target = Self::with_stat_db(info);
         if let Some(password) = etcd.get(ETCD_PASSWORD_KEY).await.map_err(unavailable)?.filter(|p| !p.is_empty()) {
             let settings = target.info.redis_settings().clone().set_password(password);

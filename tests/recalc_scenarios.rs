@@ -150,7 +150,7 @@ async fn sums_are_exact_for_fractional_and_huge_values() {
     kernel(&mut conn, s, Some("i-huge"), json!({"mem": huge, "cpu": "1"})).await;
     kernel(&mut conn, s, Some("i-huge"), json!({"mem": 7})).await;
 
-    recalculate_usage(&db.db, &RecalcOptions::default()).await.unwrap().report;
+    recalculate_usage(&db.db, &RecalcOptions::default()).await.unwrap();
 
     assert_eq!(slots(&mut conn, "i-frac").await, json!({"cuda.shares": "1.0", "cpu": "3.00", "mem": "1000"}));
     assert_eq!(
