@@ -39,7 +39,25 @@ pub struct Config {
     pub agent_rpc: AgentRpcConfig,
     pub metrics: MetricsConfig,
     pub redis: RedisConfig,
+    pub agents: AgentsConfig,
     pub log: LogConfig,
+}
+
+/// Standalone mode's agent registry and liveness (SPEC §10).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentsConfig {
+    /// An agent whose watcher is unreachable, or reports the service down, for longer than this becomes LOST; it is
+    /// ALIVE again once seen active. Decided from the watcher probe (`watcher.probe_interval_s`).
+    pub lost_after_s: u64,
+    /// List etcd `nodes/agents/*` ids without a row in `GET /v1/agents?unregistered=true`.
+    pub discover: bool,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        Self { lost_after_s: 60, discover: false }
+    }
 }
 
 /// Which database the daemon runs against (SPEC §9).
@@ -294,6 +312,12 @@ impl Config {
             }
         }
         positive_ms("redis.timeout_ms", self.redis.timeout_ms)?;
+        if !(1..=86_400).contains(&self.agents.lost_after_s) {
+            return Err(ConfigError::invalid(
+                "agents.lost_after_s",
+                format!("must be 1..=86400 seconds, got {}", self.agents.lost_after_s),
+            ));
+        }
 
         if self.etcd.endpoints.is_empty() {
             return Err(ConfigError::invalid("etcd.endpoints", "at least one endpoint is required"));
@@ -429,6 +453,7 @@ fn section_fields(section: &str) -> &'static [&'static str] {
     match section {
         "database" => &["url", "mode", "own_schema", "max_connections", "connect_timeout_ms", "run_migrations"],
         "redis" => &["url", "timeout_ms"],
+        "agents" => &["lost_after_s", "discover"],
         "etcd" => &["endpoints", "namespace", "user", "password", "timeout_ms"],
         "api" => &["listen", "max_body_bytes", "clock_skew_s", "shutdown_timeout_s", "workers"],
         "metrics" => &["listen", "token"],

@@ -14,6 +14,7 @@ pub mod domain;
 pub mod error;
 pub mod etcd;
 pub mod redis_stat;
+pub mod registration;
 pub mod service;
 pub mod telemetry;
 pub mod watcher;

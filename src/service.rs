@@ -4,12 +4,14 @@
 use std::time::Duration;
 
 use actix::{Addr, MailboxError};
+use agent_supervisor_protocol::agents::UnregisteredAgent;
 use serde::{Deserialize, Serialize};
 
 use crate::{
     actors::{
-        self, AgentActor, AgentSnapshot, GetAgent, GetSnapshot, GetWatcherStatus, ListAgentActors, RecalculateUsage,
-        RegistryActor, SyncAgentRegistry, WatcherAgentRestart, WatcherAgentStart, WatcherAgentStop,
+        self, AgentActor, AgentRegistered, AgentRemoved, AgentSnapshot, GetAgent, GetSnapshot, GetWatcherStatus,
+        ListAgentActors, RecalculateUsage, RegistryActor, SyncAgentRegistry, WatcherAgentRestart, WatcherAgentStart,
+        WatcherAgentStop,
     },
     db::{
         Db,
@@ -19,6 +21,7 @@ use crate::{
     domain::AgentId,
     error::{ErrorCode, Problem},
     etcd::WatcherDirectory,
+    registration::{DeregisteredAgent, RegisteredAgent, Registrar},
 };
 
 /// `GetWatcherStatusAction`.
@@ -89,6 +92,7 @@ pub struct Supervisor {
     db: Db,
     directory: WatcherDirectory,
     settings: actors::ActorSettings,
+    registrar: Registrar,
 }
 
 /// What `/readyz` reports: each dependency's state, `None` when it is fine.
@@ -116,7 +120,8 @@ impl Supervisor {
         directory: WatcherDirectory,
         settings: actors::ActorSettings,
     ) -> Self {
-        Self { registry, agents, homes, db, directory, settings }
+        let registrar = Registrar::new(db.clone(), directory.etcd().clone());
+        Self { registry, agents, homes, db, directory, settings, registrar }
     }
 
     /// Checks the database (a query), etcd (the watched mirror, else a direct read) and the actor system.
@@ -296,6 +301,76 @@ impl Supervisor {
             }
         });
         Ok(futures_util::stream::iter(refreshes).buffered(self.settings.refresh_concurrency.max(1)).collect().await)
+    }
+
+    /// `POST /v1/agents`: registers an agent (standalone mode); its actor exists once this returns.
+    pub async fn register_agent(&self, body: &[u8], requester: &str) -> Result<RegisteredAgent, Problem> {
+        let registered = self.registrar.register(body, requester).await?;
+        if let Ok(agent_id) = AgentId::parse(&registered.agent.id) {
+            self.registry.send(AgentRegistered { agent_id }).await.map_err(mailbox)?;
+        }
+        Ok(registered)
+    }
+
+    /// `PATCH /v1/agents/{id}`.
+    pub async fn update_agent(
+        &self,
+        agent_id: &AgentId,
+        body: &[u8],
+        requester: &str,
+    ) -> Result<RegisteredAgent, Problem> {
+        self.registrar.update(agent_id, body, requester).await
+    }
+
+    /// `DELETE /v1/agents/{id}`: the actor retires once the commands it accepted have run.
+    pub async fn deregister_agent(
+        &self,
+        agent_id: &AgentId,
+        force: bool,
+        requester: &str,
+    ) -> Result<DeregisteredAgent, Problem> {
+        let removed = self.registrar.deregister(agent_id, force, requester).await?;
+        self.registry.send(AgentRemoved { agent_id: agent_id.clone() }).await.map_err(mailbox)?;
+        Ok(removed)
+    }
+
+    /// Agents etcd knows (`nodes/agents/*`) that have no row (`agents.discover`).
+    pub async fn unregistered_agents(&self) -> Result<Vec<UnregisteredAgent>, Problem> {
+        if !self.settings.discover {
+            return Err(Problem::invalid_field(
+                "unregistered",
+                "discovery is off: set agents.discover = true to list etcd's agents that have no row",
+            ));
+        }
+        let nodes = self.directory.nodes().await?;
+        let known: std::collections::HashSet<String> =
+            queries::agent_ids(&mut *self.db.conn().await?).await?.into_iter().collect();
+        Ok(nodes
+            .into_iter()
+            .filter(|(id, _, _)| !known.contains(id))
+            .map(|(id, ip, port)| {
+                let rpc_host = ip.clone().unwrap_or_else(|| "HOST".to_owned());
+                let mut adopt = format!("agentctl agents add {id} --addr tcp://{rpc_host}:6001");
+                if ip.is_none() {
+                    adopt.push_str(" --ip HOST");
+                }
+                UnregisteredAgent { watcher_port: port.and_then(|p| p.trim().parse().ok()), id, ip, adopt_with: adopt }
+            })
+            .collect())
+    }
+
+    /// One agent's row with the supervision state its actor holds (no watcher round trip).
+    pub async fn get_agent(&self, agent_id: &AgentId) -> Result<AgentListing, Problem> {
+        let Some(row) = queries::find_agent(&mut *self.db.conn().await?, agent_id.as_str()).await? else {
+            return Err(Problem::new(ErrorCode::AgentNotFound, format!("agent {agent_id} does not exist"))
+                .for_agent(agent_id.as_str()));
+        };
+        let actors = self.registry.send(ListAgentActors).await.map_err(mailbox)?;
+        let supervision = match actors.into_iter().find(|(id, _)| id == agent_id) {
+            Some((_, addr)) => addr.send(GetSnapshot).await.ok(),
+            None => None,
+        };
+        Ok(AgentListing { row, supervision })
     }
 
     /// The audit trail of one agent, newest first.

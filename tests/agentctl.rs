@@ -382,3 +382,68 @@ async fn credentials_are_checked_and_failures_are_clear() {
     assert_eq!(run.code, 1, "{run:?}");
     assert_eq!(run.stderr, format!("error: cannot reach http://127.0.0.1:{port}: connection refused\n"));
 }
+
+#[actix_rt::test]
+async fn agents_add_set_and_rm_register_change_and_remove_an_agent_the_watcher_then_answers_for() {
+    let app = TestApp::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let script = SERVICE.replace("$LOG", &dir.path().join("service.log").display().to_string());
+    let w = WatcherProcess::process_backend(TOKEN, &["sh", "-c", &script], &[]);
+    assert!(w.wait_for_status("active", Duration::from_secs(5)), "the service did not come up");
+    let port = w.port().to_string();
+
+    let run = agentctl(
+        &app,
+        &["agents", "add", "i-ctl", "--addr", "tcp://127.0.0.1:6001", "--ip", "127.0.0.1", "--watcher-port", &port]
+            .into_iter()
+            .chain(["--slot", "cpu=16", "--slot", "mem=68719476736", "--scaling-group", "gpu"])
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    assert_eq!((run.code, run.stderr.contains("scaling_group_not_found")), (1, true), "{run:?}");
+    let run = agentctl(
+        &app,
+        &["agents", "add", "i-ctl", "--addr", "tcp://127.0.0.1:6001", "--ip", "127.0.0.1", "--watcher-port", &port]
+            .into_iter()
+            .chain(["--slot", "cpu=16", "--slot", "mem=68719476736", "--scaling-group", "gpu"])
+            .chain(["--create-scaling-group"])
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.starts_with(&format!(
+            "registered i-ctl in scaling group gpu (ALIVE, schedulable); RPC tcp://127.0.0.1:6001; watcher \
+             127.0.0.1:{port}; audit event "
+        )),
+        "{run:?}"
+    );
+    // Supervised at once: the watcher answers through the keys the registration wrote.
+    assert_eq!(agentctl(&app, &["watcher", "status", "i-ctl"]).await.code, 0);
+
+    let run = agentctl(&app, &["--json", "agents", "set", "i-ctl", "--schedulable", "false", "--slot", "cpu=8"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let body = run.json();
+    assert_eq!(
+        (&body["agent"]["schedulable"], &body["agent"]["available_slots"], &body["watcher_port"]),
+        (&Value::Bool(false), &serde_json::json!({"cpu": "8"}), &Value::from(w.port()))
+    );
+    let run = agentctl(&app, &["agents", "set", "i-ctl", "--slot", "cpu"]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("is not NAME=DECIMAL"), "{run:?}");
+    let run = agentctl(&app, &["agents", "set", "i-ctl", "--slot", "cpu=-1"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("(400 invalid_request)") && run.stderr.contains("available_slots"), "{run:?}");
+
+    app.add_running_kernels("i-ctl", 2).await;
+    let run = agentctl(&app, &["agents", "rm", "i-ctl"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("(409 agent_has_running_kernels)"), "{run:?}");
+    let run = agentctl(&app, &["agents", "rm", "i-ctl", "--force"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.starts_with("removed i-ctl (2 kernel(s) keep their rows without an agent; audit event "));
+    let run = agentctl(&app, &["--json", "agents", "rm", "i-ctl"]).await;
+    assert_eq!((run.code, run.json()["error_code"].as_str()), (1, Some("agent_not_found")), "{run:?}");
+    let run = agentctl(&app, &["agents"]).await;
+    assert_eq!(run.stdout.trim_end().lines().last(), Some("(no agents)"), "{run:?}");
+}

@@ -373,7 +373,6 @@ async fn wrong_methods_and_unknown_routes() {
     for path in [
         "/nope",
         "/v1",
-        "/v1/agents/i-1",
         "/v1/agents/i-1/nope",
         "/resource",
         "/v2/agents",

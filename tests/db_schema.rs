@@ -301,7 +301,10 @@ async fn stored_event(conn: &mut diesel_async::AsyncPgConnection, event: &NewAge
 async fn schema_rejects_values_outside_the_vocabulary() {
     let db = TestDb::new().await;
     let mut conn = db.db.conn().await.unwrap();
-    diesel::sql_query("INSERT INTO scaling_groups (name) VALUES ('default')").execute(&mut conn).await.unwrap();
+    diesel::sql_query("INSERT INTO scaling_groups (name) VALUES ('default') ON CONFLICT DO NOTHING")
+        .execute(&mut conn)
+        .await
+        .unwrap();
     let bad_status = diesel::sql_query(
         "INSERT INTO agents (id, status, region, addr, version, architecture) VALUES ('a', 'RUNNING', 'r', 'tcp://x', 'v', 'x86_64')",
     )

@@ -220,6 +220,16 @@ fn exercise_api(port: u16, keys: &(String, String)) -> Vec<String> {
         assert_eq!(a["status"], "ALIVE");
         assert_eq!(a["region"], "local");
         assert_eq!(a["available_slots"]["cpu"], "16");
+        // The seeded running kernels (2 + 4 CPUs) occupy it, as recalculated after seeding.
+        assert_eq!(a["occupied_slots"]["cpu"], "6", "{a}");
+        // Registered by its own watcher through the API, not inserted: the audit trail says who and how.
+        let id = a["id"].as_str().unwrap();
+        let (status, events) = http("GET", port, &format!("/v1/agents/{id}/events?limit=100"), keys);
+        assert_eq!(status, 200, "{events}");
+        let registrations: Vec<&Value> =
+            events["events"].as_array().unwrap().iter().filter(|e| e["action"] == "register").collect();
+        assert!(!registrations.is_empty(), "{events}");
+        assert_eq!(registrations[0]["requester"], keys.0.as_str(), "{events}");
     }
 
     let (status, body) = http("GET", port, "/resource/watcher?agent_id=i-dev-1", keys);

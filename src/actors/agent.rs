@@ -11,14 +11,19 @@ use std::{
 use actix::prelude::*;
 use actix_web::web::Bytes;
 use chrono::{DateTime, Utc};
+use diesel_async::AsyncConnection;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use super::{Deps, OUTCOMES_KEPT};
+use super::{
+    Deps, OUTCOMES_KEPT,
+    liveness::{Liveness, Transition},
+};
 use crate::{
-    db::{models::NewAgentEvent, queries},
+    config::DatabaseMode,
+    db::{DbError, agents, models::NewAgentEvent, queries},
     domain::{AgentId, EventAction, EventOutcome},
     error::{ErrorCode, Problem},
     watcher::{self, AgentState, WatcherCommand, WatcherReply, precheck},
@@ -96,6 +101,20 @@ pub struct WatcherCommandResult {
     pub elapsed_ms: u64,
 }
 
+/// The agent was removed from the registry: the actor stops once its queue is empty (commands already accepted
+/// still run and are audited).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Retire;
+
+impl Handler<Retire> for AgentActor {
+    type Result = ();
+    fn handle(&mut self, _: Retire, ctx: &mut Self::Context) {
+        self.retiring = true;
+        self.stop_if_retired(ctx);
+    }
+}
+
 /// The actor's state for listings.
 #[derive(Debug, Message)]
 #[rtype(result = "AgentSnapshot")]
@@ -151,6 +170,10 @@ pub struct AgentActor {
     /// Bumped when a command starts and when it ends: a status call that began before a change of state is not
     /// shared with requests that arrive after it.
     generation: u64,
+    /// Standalone mode: ALIVE ↔ LOST from what the watcher says.
+    liveness: Liveness,
+    /// The agent was removed: stop once the accepted commands have run.
+    retiring: bool,
 }
 
 type StatusReply = oneshot::Sender<Result<GetWatcherStatusResult, Problem>>;
@@ -174,6 +197,15 @@ impl AgentActor {
             joinable: None,
             next_flight: 0,
             generation: 0,
+            liveness: Liveness::default(),
+            retiring: false,
+        }
+    }
+
+    fn stop_if_retired(&mut self, ctx: &mut Context<Self>) {
+        if self.retiring && self.in_flight.is_none() && self.queue.is_empty() {
+            tracing::info!(agent.id = %self.id, "agent removed; its actor stops");
+            ctx.stop();
         }
     }
 
@@ -183,6 +215,11 @@ impl AgentActor {
         requester: String,
         ctx: &mut Context<Self>,
     ) -> ResponseFuture<Result<WatcherCommandResult, Problem>> {
+        if self.retiring {
+            let p = Problem::new(ErrorCode::AgentNotFound, format!("agent {} was removed", self.id))
+                .for_agent(self.id.as_str());
+            return Box::pin(async move { Err(p) });
+        }
         if self.queue.len() >= self.deps.settings.queue_capacity {
             let p = Problem::new(
                 ErrorCode::AgentBusy,
@@ -224,16 +261,22 @@ impl AgentActor {
             act.generation += 1;
             act.deps.metrics.commands_in_flight.dec();
             if let Some(o) = observation {
-                act.observe(o);
+                act.observe(o, ctx);
             }
             act.outcomes.push_front(CommandOutcome { requester, ..outcome });
             act.outcomes.truncate(OUTCOMES_KEPT);
             let _ = reply.send(result);
             act.pump(ctx);
+            act.stop_if_retired(ctx);
         }));
     }
 
-    fn observe(&mut self, o: Observation) {
+    fn observe(&mut self, o: Observation, ctx: &mut Context<Self>) {
+        if self.deps.db.mode() == DatabaseMode::Standalone
+            && let Some(t) = self.liveness.observe(&o, self.deps.settings.lost_after)
+        {
+            self.write_liveness(t, ctx);
+        }
         let before = self.observed.as_ref().map(|p| (p.reachable, p.agent_status.clone()));
         let after = (o.reachable, o.agent_status.clone());
         if let Some(before) = before
@@ -271,6 +314,50 @@ impl AgentActor {
         self.observed = Some(o);
     }
 
+    /// Writes a liveness transition (conditionally: only if the row still says `from`) with its audit event; a real
+    /// change is logged and counted.
+    fn write_liveness(&mut self, t: Transition, ctx: &mut Context<Self>) {
+        let (id, db) = (self.id.clone(), self.deps.db.clone());
+        let to = t.to;
+        let fut = async move {
+            let written = async {
+                let mut conn = db.conn().await?;
+                conn.transaction::<bool, DbError, _>(async |conn| {
+                    let changed = agents::transition_liveness(conn, id.as_str(), t.from, t.to, t.at).await?;
+                    if changed {
+                        let event = NewAgentEvent {
+                            agent_id: id.to_string(),
+                            action: EventAction::Liveness,
+                            requester: "supervisor".into(),
+                            requested_at: t.at,
+                            started_at: Some(t.at),
+                            finished_at: Some(t.at),
+                            outcome: EventOutcome::Observed,
+                            http_status: None,
+                            detail: json!({"from": t.from, "to": t.to, "reason": t.reason}),
+                        };
+                        queries::insert_event(conn, &event).await?;
+                    }
+                    Ok(changed)
+                })
+                .await
+            }
+            .await;
+            (written, t)
+        };
+        ctx.spawn(fut.into_actor(self).map(move |(written, t), act, _| {
+            match &written {
+                Ok(true) => {
+                    tracing::warn!(agent.id = %act.id, from = %t.from, to = %t.to, reason = %t.reason, "agent liveness changed");
+                    act.deps.metrics.liveness_transitions.with_label_values(&[t.to.as_str()]).inc();
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(agent.id = %act.id, error = %e, "could not record the agent's liveness"),
+            }
+            act.liveness.settled(to, written.map_err(|_| ()));
+        }));
+    }
+
     /// Asks the watcher for its status, sharing a call already in flight when no command has started or ended
     /// since it began; `waiter` (if any) gets the answer. So a request is never answered by a call that had ended
     /// before the request arrived, nor by one that began before the last change of state it could know about.
@@ -287,8 +374,8 @@ impl AgentActor {
         self.flights.insert(id, Flight { generation, waiters: waiter.into_iter().collect() });
         self.joinable = Some(id);
         let fut = fetch_status(self.id.clone(), self.deps.clone());
-        ctx.spawn(fut.into_actor(self).map(move |(result, observation), act, _| {
-            act.observe(observation);
+        ctx.spawn(fut.into_actor(self).map(move |(result, observation), act, ctx| {
+            act.observe(observation, ctx);
             if act.joinable == Some(id) {
                 act.joinable = None;
             }

@@ -3,6 +3,7 @@
 //! Messages are plain structs named after the actions of the seed scenarios; results after its results.
 
 mod agent;
+mod liveness;
 mod recalc;
 mod registry;
 mod sync;
@@ -14,7 +15,9 @@ pub use agent::{
     WatcherAgentRestart, WatcherAgentStart, WatcherAgentStop, WatcherCommandResult,
 };
 pub use recalc::{RecalculateUsage, RecalculateUsageResult};
-pub use registry::{ActorHomes, AgentTable, GetAgent, ListAgentActors, LoadAgents, Ping, RegistryActor};
+pub use registry::{
+    ActorHomes, AgentRegistered, AgentRemoved, AgentTable, GetAgent, ListAgentActors, LoadAgents, Ping, RegistryActor,
+};
 pub use sync::{SyncAgentRegistry, SyncAgentRegistryResult};
 
 use crate::{agent_rpc::AgentRpc, config::Config, db::Db, etcd::WatcherDirectory, telemetry::metrics::Metrics};
@@ -36,6 +39,10 @@ pub struct ActorSettings {
     /// Backend.AI mode: the stat Redis (`None`: from etcd) and the bound on writing to it.
     pub redis_url: Option<crate::config::Secret>,
     pub redis_timeout: Duration,
+    /// Standalone mode: how long an agent may look down before it is LOST.
+    pub lost_after: Duration,
+    /// List etcd's agents without a row (`GET /v1/agents?unregistered=true`).
+    pub discover: bool,
 }
 
 impl From<&Config> for ActorSettings {
@@ -50,6 +57,8 @@ impl From<&Config> for ActorSettings {
             refresh_concurrency: w.refresh_concurrency,
             redis_url: c.redis.url.clone(),
             redis_timeout: Duration::from_millis(c.redis.timeout_ms),
+            lost_after: Duration::from_secs(c.agents.lost_after_s),
+            discover: c.agents.discover,
         }
     }
 }

@@ -234,6 +234,38 @@ impl Handler<LoadAgents> for RegistryActor {
     }
 }
 
+/// An agent was registered (or registered again): its actor exists from now on.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct AgentRegistered {
+    pub agent_id: AgentId,
+}
+
+impl Handler<AgentRegistered> for RegistryActor {
+    type Result = ();
+    fn handle(&mut self, msg: AgentRegistered, _: &mut Self::Context) {
+        self.actor_for(msg.agent_id);
+    }
+}
+
+/// An agent was removed: its actor stops (after the command it runs, if any) and is forgotten.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct AgentRemoved {
+    pub agent_id: AgentId,
+}
+
+impl Handler<AgentRemoved> for RegistryActor {
+    type Result = ();
+    fn handle(&mut self, msg: AgentRemoved, _: &mut Self::Context) {
+        let removed = self.agents.0.write().unwrap_or_else(PoisonError::into_inner).remove(&msg.agent_id);
+        if let Some(addr) = removed {
+            addr.do_send(super::agent::Retire);
+        }
+        self.deps.metrics.agents.set(self.agents.len() as i64);
+    }
+}
+
 /// Every agent actor that exists.
 #[derive(Debug, Message)]
 #[rtype(result = "Vec<(AgentId, Addr<AgentActor>)>")]

@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// The API version the official client negotiates (it reads only `version`).
-pub const API_VERSION: &str = "v7.20230615";
+pub use agent_supervisor_protocol::signing::API_VERSION;
 
 /// `GET /`: what the official client negotiates from.
 #[derive(Debug, Serialize, ToSchema)]

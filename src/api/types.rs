@@ -5,12 +5,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+pub use agent_supervisor_protocol::agents::{RegisterAgent, UnregisteredAgent, UpdateAgent};
+
 pub use crate::{
     actors::{AgentSnapshot, CommandOutcome, Observation, RecalculateUsageResult, SyncAgentRegistryResult},
     db::{
         models::{AgentEventRow, AgentRow},
         recalc::{RecalcReport, SkippedAgent},
     },
+    registration::{DeregisteredAgent, RegisteredAgent},
     service::{AgentListing, Readiness},
 };
 use crate::{api::openapi::WatcherReport, domain::AgentId, watcher::WatcherCommand};
@@ -26,6 +29,9 @@ pub struct WhoAmI {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AgentList {
     pub agents: Vec<AgentListing>,
+    /// With `unregistered=true`: the agents etcd knows that have no row (`agents.discover`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unregistered: Option<Vec<UnregisteredAgent>>,
 }
 
 /// `GET /v1/agents/{id}/watcher`: the watcher's JSON and how long it took to answer.

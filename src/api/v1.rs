@@ -4,12 +4,17 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::{
     AppState, Authenticated, Superadmin,
+    body::Body,
     openapi::{
-        AgentNotFound, BadRequest, Forbidden, InternalError, ProblemDocument, RpcBadGateway, RpcTimeout, Unauthorized,
-        Unavailable, WatcherBadGateway, WatcherForbidden, WatcherTimeout, WatcherUnauthorized,
+        AgentNotFound, BadRequest, Forbidden, InternalError, PayloadTooLarge, ProblemDocument, RpcBadGateway,
+        RpcTimeout, Unauthorized, Unavailable, WatcherBadGateway, WatcherForbidden, WatcherTimeout,
+        WatcherUnauthorized,
     },
     params::{force_from_query, parse_agent_id, parse_bool, query_pairs},
-    types::{AgentEvents, AgentList, CommandReply, WatcherStatusReply, WhoAmI},
+    types::{
+        AgentEvents, AgentList, CommandReply, DeregisteredAgent, RegisterAgent, RegisteredAgent, UpdateAgent,
+        WatcherStatusReply, WhoAmI,
+    },
 };
 use crate::{
     actors::{RecalculateUsageResult, SyncAgentRegistryResult},
@@ -22,6 +27,114 @@ use crate::{
 
 const DEFAULT_EVENTS: i64 = 50;
 const MAX_EVENTS: i64 = 1000;
+
+/// Registers an agent (standalone mode): its row and its watcher's etcd keys, together; registering a registered
+/// agent replaces its registration (its status, liveness and occupied slots stay).
+#[utoipa::path(post, path = "/v1/agents", tag = "v1", operation_id = "agent_register",
+    request_body(content = RegisterAgent, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Registered; `created` says whether it is new", body = RegisteredAgent),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, description = "`scaling_group_not_found` (give `create_scaling_group: true` to create it)", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 409, description = "`managed_by_backend_ai`: in Backend.AI mode agents are Backend.AI's", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 500, response = InternalError),
+        (status = 503, response = Unavailable),
+    ),
+    security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
+pub async fn register(
+    who: Superadmin,
+    req: HttpRequest,
+    body: Body,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
+    query_pairs(req.query_string(), &[])?;
+    Ok(HttpResponse::Ok().json(state.supervisor.register_agent(&body.0, &who.0.name).await?))
+}
+
+/// One agent: its row and the supervision state its actor holds (no watcher round trip).
+#[utoipa::path(get, path = "/v1/agents/{id}", tag = "v1", operation_id = "agent_get",
+    params(("id" = String, Path, description = "The agent id")),
+    responses(
+        (status = 200, description = "The agent", body = crate::service::AgentListing),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = AgentNotFound),
+        (status = 500, response = InternalError),
+        (status = 503, response = Unavailable),
+    ),
+    security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
+pub async fn get_agent(
+    _who: Superadmin,
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
+    query_pairs(req.query_string(), &[])?;
+    let agent_id = parse_agent_id("agent_id", &path)?;
+    Ok(HttpResponse::Ok().json(state.supervisor.get_agent(&agent_id).await?))
+}
+
+/// Changes a registered agent: the fields given (schedulable, scaling group, region, RPC address and key, slots,
+/// the watcher's address); the others stay.
+#[utoipa::path(patch, path = "/v1/agents/{id}", tag = "v1", operation_id = "agent_update",
+    params(("id" = String, Path, description = "The agent id")),
+    request_body(content = UpdateAgent, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Changed", body = RegisteredAgent),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, description = "`agent_not_found`, or `scaling_group_not_found`", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 409, description = "`managed_by_backend_ai`", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 500, response = InternalError),
+        (status = 503, response = Unavailable),
+    ),
+    security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
+pub async fn update_agent(
+    who: Superadmin,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: Body,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
+    query_pairs(req.query_string(), &[])?;
+    let agent_id = parse_agent_id("agent_id", &path)?;
+    Ok(HttpResponse::Ok().json(state.supervisor.update_agent(&agent_id, &body.0, &who.0.name).await?))
+}
+
+/// Removes an agent: its row and its watcher's etcd keys; refused while kernels occupy it unless `force` (their
+/// `agent` is then cleared). Its audit trail stays.
+#[utoipa::path(delete, path = "/v1/agents/{id}", tag = "v1", operation_id = "agent_deregister",
+    params(
+        ("id" = String, Path, description = "The agent id"),
+        ("force" = Option<bool>, Query, description = "Remove it even with kernels occupying it"),
+    ),
+    responses(
+        (status = 200, description = "Removed", body = DeregisteredAgent),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = AgentNotFound),
+        (status = 409, description = "`agent_has_running_kernels` (with `kernel_count`), or `managed_by_backend_ai`", body = ProblemDocument, content_type = "application/problem+json"),
+        (status = 500, response = InternalError),
+        (status = 503, response = Unavailable),
+    ),
+    security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
+pub async fn deregister(
+    who: Superadmin,
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
+    let force = force_from_query(req.query_string())?;
+    let agent_id = parse_agent_id("agent_id", &path)?;
+    Ok(HttpResponse::Ok().json(state.supervisor.deregister_agent(&agent_id, force, &who.0.name).await?))
+}
 
 /// The verified caller: lets a client check its credentials (any active keypair).
 #[utoipa::path(get, path = "/v1/whoami", tag = "v1", operation_id = "whoami",
@@ -41,6 +154,7 @@ pub async fn whoami(who: Authenticated) -> HttpResponse {
     params(
         ("scaling_group" = Option<String>, Query, description = "Only the agents of this scaling group"),
         ("refresh" = Option<bool>, Query, description = "Ask every listed watcher for its status first"),
+        ("unregistered" = Option<bool>, Query, description = "Also list the agents etcd knows that have no row (needs `agents.discover`; else 400)"),
     ),
     responses(
         (status = 200, description = "The agents", body = AgentList),
@@ -56,18 +170,19 @@ pub async fn list_agents(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Problem> {
-    let pairs = query_pairs(req.query_string(), &["scaling_group", "refresh"])?;
+    let pairs = query_pairs(req.query_string(), &["scaling_group", "refresh", "unregistered"])?;
     let sg = pairs.iter().find(|(k, _)| k == "scaling_group").map(|(_, v)| v.as_str());
-    let refresh = match pairs.iter().find(|(k, _)| k == "refresh") {
-        Some((_, v)) => parse_bool("refresh", v)?,
-        None => false,
+    let flag = |name: &str| match pairs.iter().find(|(k, _)| k == name) {
+        Some((_, v)) => parse_bool(name, v),
+        None => Ok(false),
     };
-    let agents = if refresh {
+    let unregistered = if flag("unregistered")? { Some(state.supervisor.unregistered_agents().await?) } else { None };
+    let agents = if flag("refresh")? {
         state.supervisor.list_agents_refreshed(sg).await?
     } else {
         state.supervisor.list_agents(sg).await?
     };
-    Ok(HttpResponse::Ok().json(AgentList { agents }))
+    Ok(HttpResponse::Ok().json(AgentList { agents, unregistered }))
 }
 
 #[utoipa::path(get, path = "/v1/agents/{id}/watcher", tag = "v1", operation_id = "agent_watcher_status",

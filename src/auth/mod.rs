@@ -9,7 +9,7 @@
 //! `503 database_unavailable`. Secrets and signatures are never logged or echoed.
 
 pub mod keys;
-pub mod signing;
+pub use agent_supervisor_protocol::signing;
 
 use std::{
     collections::HashMap,

@@ -6,18 +6,18 @@
 //! `error: <title> (<status> <error_code>): <detail>`); 2 usage errors, missing credentials included.
 
 mod bulk;
-mod client;
 mod commands;
+mod registry;
 mod render;
 
 use std::{process::ExitCode, time::Duration};
 
+use agent_supervisor_common::api_client::{ApiError as CtlError, Client, Settings};
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
 use self::{
     bulk::BulkPlan,
-    client::{Client, CtlError, Settings},
     commands::{CommandOpts, Verb, encode},
     render::{Table, age, duration_ms},
 };
@@ -58,12 +58,8 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// List agents with their watcher state as the daemon last observed it.
-    Agents {
-        /// Only this scaling group.
-        #[arg(long)]
-        scaling_group: Option<String>,
-    },
+    /// List agents with their watcher state as the daemon last observed it, or register, change and remove them.
+    Agents(Box<AgentsArgs>),
     /// Ask or command agents' watchers.
     #[command(subcommand)]
     Watcher(WatcherCommand),
@@ -102,6 +98,37 @@ pub enum Command {
     },
     /// Show which keypair the daemon sees (checks the credentials).
     Whoami,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AgentsArgs {
+    #[command(subcommand)]
+    pub action: Option<AgentsCommand>,
+    #[command(flatten)]
+    pub list: ListArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this scaling group.
+    #[arg(long)]
+    pub scaling_group: Option<String>,
+    /// Also list the agents etcd knows that are not registered (the daemon needs agents.discover = true).
+    #[arg(long)]
+    pub unregistered: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentsCommand {
+    /// List agents (what `agentctl agents` does without a subcommand).
+    List(ListArgs),
+    /// Register an agent (or replace its registration): its row and its watcher's etcd keys.
+    Add(registry::AddArgs),
+    /// Change some fields of a registered agent.
+    Set(registry::SetArgs),
+    /// Remove an agent: its row and its etcd keys (its audit trail stays).
+    Rm(registry::RmArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -207,7 +234,7 @@ fn settings(g: &GlobalArgs) -> Result<Settings, CtlError> {
 
 async fn run(client: &Client, command: Command, json_out: bool) -> Result<(), CtlError> {
     match command {
-        Command::Agents { scaling_group } => agents(client, scaling_group.as_deref(), json_out).await,
+        Command::Agents(args) => agents_command(client, *args, json_out).await,
         Command::Watcher(WatcherCommand::Status { agents }) => watcher_status(client, &agents, json_out).await,
         Command::Watcher(WatcherCommand::Start { agents, ensure }) => {
             watcher_command(client, Verb::Start, &agents, CommandOpts { force: false, ensure: ensure.ensure }, json_out)
@@ -236,6 +263,17 @@ async fn run(client: &Client, command: Command, json_out: bool) -> Result<(), Ct
     }
 }
 
+async fn agents_command(client: &Client, args: AgentsArgs, json_out: bool) -> Result<(), CtlError> {
+    let result = match args.action {
+        None => return agents(client, &args.list, json_out).await,
+        Some(AgentsCommand::List(list)) => return agents(client, &list, json_out).await,
+        Some(AgentsCommand::Add(a)) => registry::add(client, a, json_out).await,
+        Some(AgentsCommand::Set(a)) => registry::set(client, a, json_out).await,
+        Some(AgentsCommand::Rm(a)) => registry::rm(client, a, json_out).await,
+    };
+    result.map_err(|e| fail(e, json_out))
+}
+
 fn plan(verb: Verb, args: BulkArgs, opts: CommandOpts) -> BulkPlan {
     BulkPlan {
         verb,
@@ -258,10 +296,18 @@ fn fail(e: CtlError, json_out: bool) -> CtlError {
     e
 }
 
-async fn agents(client: &Client, scaling_group: Option<&str>, json_out: bool) -> Result<(), CtlError> {
-    let path = match scaling_group {
-        Some(g) => format!("/v1/agents?scaling_group={}", encode(g)),
-        None => "/v1/agents".to_owned(),
+async fn agents(client: &Client, list: &ListArgs, json_out: bool) -> Result<(), CtlError> {
+    let scaling_group = list.scaling_group.as_deref();
+    let mut query = Vec::new();
+    if let Some(g) = scaling_group {
+        query.push(format!("scaling_group={}", encode(g)));
+    }
+    if list.unregistered {
+        query.push("unregistered=true".to_owned());
+    }
+    let path = match query.is_empty() {
+        true => "/v1/agents".to_owned(),
+        false => format!("/v1/agents?{}", query.join("&")),
     };
     let listing: AgentList = client.get(&path).await.map_err(|e| fail(e, json_out))?;
     if json_out {
@@ -299,6 +345,23 @@ async fn agents(client: &Client, scaling_group: Option<&str>, json_out: bool) ->
     print!("{}", table.render());
     if listing.agents.is_empty() {
         println!("(no agents{})", scaling_group.map(|g| format!(" in scaling group {g:?}")).unwrap_or_default());
+    }
+    if let Some(unregistered) = &listing.unregistered {
+        println!();
+        if unregistered.is_empty() {
+            println!("(no unregistered agents in etcd)");
+        } else {
+            let mut table = Table::new(&["UNREGISTERED", "IP", "WATCHER PORT", "ADOPT WITH"]);
+            for u in unregistered {
+                table.row(vec![
+                    u.id.clone(),
+                    u.ip.clone().unwrap_or_else(|| "-".to_owned()),
+                    u.watcher_port.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                    u.adopt_with.clone(),
+                ]);
+            }
+            print!("{}", table.render());
+        }
     }
     Ok(())
 }

@@ -2,11 +2,14 @@
 //!
 //! Brings up, in this order, and stops in the reverse order on Ctrl-C or SIGTERM:
 //! 1. a private PostgreSQL (`initdb`/`pg_ctl` from the system's packages; through `runuser -u postgres` when run as
-//!    root, as `scripts/services` does), with the `agent_supervisor` database migrated and seeded idempotently;
+//!    root, as `scripts/services` does), with the `agent_supervisor` database migrated and its superadmin keypair
+//!    seeded idempotently;
 //! 2. a private etcd;
-//! 3. one real `agent-watcher` (process back-end) per agent, each supervising a stand-in agent
-//!    (`agent-supervisor standin-agent`) that holds the agent's running kernels, registered in etcd;
-//! 4. the daemon itself, in this process.
+//! 3. the daemon itself, in this process;
+//! 4. one real `agent-watcher` (process back-end) per agent, each supervising a stand-in agent
+//!    (`agent-supervisor standin-agent`) that holds the agent's running kernels, and registering its node with the
+//!    daemon (`--register-with`, as an operator's node would); then each agent's workload (sessions, kernels) is
+//!    seeded idempotently and usage is recalculated.
 //!
 //! Everything listens on 127.0.0.1 only and keeps its state under the data directory, so a second run reuses it.
 //! Every port is checked before anything starts. Children run in their own process groups (a terminal's Ctrl-C
@@ -21,7 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, upsert::excluded};
+use diesel::{ExpressionMethods, OptionalExtension, QueryDsl};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use rand::{Rng, rngs::OsRng};
 use tokio::{process::Child, sync::watch};
@@ -32,11 +35,11 @@ use crate::{
     config::{Config, DatabaseConfig, Secret},
     db::{
         self, DbError,
-        models::{AgentRow, KernelRow, KeypairRow, ScalingGroupRow, SessionRow},
+        models::{KernelRow, KeypairRow, ScalingGroupRow, SessionRow},
         queries,
-        schema::{agents, kernels, keypairs, scaling_groups, sessions},
+        schema::{kernels, keypairs, scaling_groups, sessions},
     },
-    domain::{AgentStatus, KernelStatus, ResourceSlot, SessionStatus, SessionType},
+    domain::{KernelStatus, ResourceSlot, SessionStatus, SessionType},
 };
 
 /// Name of the database the daemon uses.
@@ -50,6 +53,8 @@ const KEYPAIR_DESCRIPTION: &str = "agent-supervisor dev superadmin";
 const PG_START_TIMEOUT_S: u32 = 60;
 const ETCD_START_TIMEOUT: Duration = Duration::from_secs(30);
 const WATCHER_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Slots each local agent registers with.
+const AGENT_SLOTS: &[(&str, &str)] = &[("cpu", "16"), ("mem", "68719476736"), ("cuda.shares", "4")];
 /// How long stopping waits for a child after SIGTERM before SIGKILL. Watchers stop their agent first.
 const WATCHER_STOP_TIMEOUT: Duration = Duration::from_secs(20);
 const AGENT_STOP_TIMEOUT_MS: u64 = 5_000;
@@ -130,6 +135,8 @@ struct Layout {
     etcd_data: PathBuf,
     logs: PathBuf,
     token_file: PathBuf,
+    /// The keypair the watchers register with (`BACKEND_ACCESS_KEY=…` lines, mode 0600).
+    credentials_file: PathBuf,
 }
 
 impl Layout {
@@ -140,6 +147,7 @@ impl Layout {
             etcd_data: root.join("etcd"),
             logs: root.join("logs"),
             token_file: root.join("watcher-token"),
+            credentials_file: root.join("credentials"),
             root,
         }
     }
@@ -407,6 +415,18 @@ struct DevAgent {
     watcher_port: u16,
 }
 
+impl DevAgent {
+    fn rpc_addr(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.rpc_port)
+    }
+}
+
+impl DevArgs {
+    fn db_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{DB_NAME}", self.pg_port)
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn bring_up(
     args: &DevArgs,
@@ -432,29 +452,24 @@ async fn bring_up(
     stack.etcd = Some(etcd_spawn(tools, layout, args.etcd_port, etcd_peer_port(args))?);
 
     let admin_url = format!("postgres://postgres@127.0.0.1:{}/postgres", args.pg_port);
-    let db_url = format!("postgres://postgres@127.0.0.1:{}/{DB_NAME}", args.pg_port);
+    let db_url = args.db_url();
     ensure_database(&admin_url).await?;
     let db_config = DatabaseConfig { url: Secret::new(db_url.clone()), ..DatabaseConfig::default() };
     for v in db::run_migrations(&db_config).await? {
         eprintln!("applied migration {v}");
     }
     let agents = pick_agent_ports(args.agents)?;
-    let seeded = seed(&db_url, &agents).await?;
+    let mut conn = AsyncPgConnection::establish(&db_url)
+        .await
+        .map_err(|e| failed(format!("connecting to {db_url}"), e.to_string()))?;
+    let keypair = seed_keypair(&mut conn).await?;
+    let kernels = planned_kernels(&mut conn, &agents).await?;
     shutdown.check()?;
 
     if let Some(etcd) = &mut stack.etcd {
         wait_etcd(etcd, args.etcd_port, &layout.log("etcd.log"), &shutdown).await?;
     }
     let token = watcher_token(layout)?;
-    eprintln!("starting {} agent-watcher(s)", agents.len());
-    for (agent, kernels) in agents.iter().zip(&seeded.kernels) {
-        let etcd_url = format!("http://127.0.0.1:{}", args.etcd_port);
-        stack.watchers.push(watcher_spawn(tools, layout, agent, kernels, &etcd_url)?);
-    }
-    for (agent, owned) in agents.iter().zip(stack.watchers.iter_mut()) {
-        wait_watcher(owned, agent, &token, &layout.log(&format!("watcher-{}.log", agent.id)), &shutdown).await?;
-    }
-    shutdown.check()?;
 
     let mut config = base;
     config.database.url = Secret::new(db_url);
@@ -462,16 +477,101 @@ async fn bring_up(
     config.etcd.endpoints = vec![format!("http://127.0.0.1:{}", args.etcd_port)];
     config.etcd.namespace = NAMESPACE.to_owned();
     config.api.listen = format!("127.0.0.1:{}", args.port);
-    config.watcher.token = Some(token);
+    config.watcher.token = Some(token.clone());
     // A small cluster: probe often so `agentctl agents` shows fresh watcher state within seconds.
     config.watcher.probe_interval_s = 5;
     config.validate().map_err(|e| failed("the daemon's configuration", e.to_string()))?;
     init_daemon_log(&config, &layout.log("daemon.log"))?;
-    let running = app::start(&config, listener).await?;
-    let (server, handles) = running.split();
+    let (server, handles) = app::start(&config, listener).await?.split();
+    eprintln!("the daemon serves on 127.0.0.1:{}", args.port);
 
-    print_banner(args, layout, &seeded.keypair, &agents, stack, created, started.elapsed());
+    let enrolled = enroll_agents(args, tools, layout, &agents, &kernels, &keypair, &token, stack, &shutdown).await;
+    let enrolled = match enrolled {
+        Ok(()) => seed_workload(&mut conn, &agents, &keypair.access_key).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = enrolled {
+        handles.server.stop(true).await;
+        let _ = server.await;
+        handles.supervisor.db().close();
+        return Err(e);
+    }
+    // The seeded kernels now occupy their agents: the daemon's own recalculation says so.
+    let requester = "agent-supervisor dev".to_owned();
+    if let Err(p) = handles.supervisor.recalculate_usage(crate::service::RecalculateUsageAction { requester }).await {
+        eprintln!("agent-supervisor dev: recalculating usage after seeding: {p}");
+    }
+
+    print_banner(args, layout, &keypair, &agents, stack, created, started.elapsed());
     Ok((server, handles))
+}
+
+/// Starts one watcher per agent, registering its node with the daemon, and waits until every agent is active and
+/// registered at this run's addresses.
+#[allow(clippy::too_many_arguments)]
+async fn enroll_agents(
+    args: &DevArgs,
+    tools: &Tools,
+    layout: &Layout,
+    agents: &[DevAgent],
+    kernels: &[Vec<(Uuid, Uuid)>],
+    keypair: &DevKeypair,
+    token: &Secret,
+    stack: &mut Stack,
+    shutdown: &Shutdown,
+) -> Result<(), DevError> {
+    write_private(
+        &layout.credentials_file,
+        &format!("BACKEND_ACCESS_KEY={}\nBACKEND_SECRET_KEY={}\n", keypair.access_key, keypair.secret_key),
+    )?;
+    let daemon_url = format!("http://127.0.0.1:{}", args.port);
+    eprintln!("starting {} agent-watcher(s), registering with the daemon", agents.len());
+    for (agent, kernels) in agents.iter().zip(kernels) {
+        stack.watchers.push(watcher_spawn(tools, layout, agent, kernels, &daemon_url)?);
+    }
+    let mut conn = None;
+    for (agent, owned) in agents.iter().zip(stack.watchers.iter_mut()) {
+        let log = layout.log(&format!("watcher-{}.log", agent.id));
+        wait_watcher(owned, agent, token, &log, shutdown).await?;
+        wait_registered(&mut conn, &args.db_url(), owned, agent, &log, shutdown).await?;
+    }
+    Ok(())
+}
+
+/// Waits until the agent's row has this run's RPC address: its watcher registered it.
+async fn wait_registered(
+    conn: &mut Option<AsyncPgConnection>,
+    db_url: &str,
+    owned: &mut Owned,
+    agent: &DevAgent,
+    log: &Path,
+    shutdown: &Shutdown,
+) -> Result<(), DevError> {
+    let what = format!("registering agent {} with the daemon", agent.id);
+    let conn = match conn {
+        Some(c) => c,
+        None => {
+            conn.insert(AsyncPgConnection::establish(db_url).await.map_err(|e| failed(what.clone(), e.to_string()))?)
+        }
+    };
+    let expected = agent.rpc_addr();
+    let deadline = Instant::now() + WATCHER_START_TIMEOUT;
+    loop {
+        shutdown.check()?;
+        if queries::find_agent(conn, &agent.id).await?.is_some_and(|row| row.addr == expected) {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = owned.child.try_wait() {
+            return Err(failed(what, format!("the watcher exited ({status}); {}", tail(log))));
+        }
+        if Instant::now() >= deadline {
+            return Err(failed(
+                what,
+                format!("not registered within {} s; {}", WATCHER_START_TIMEOUT.as_secs(), tail(log)),
+            ));
+        }
+        tokio::time::sleep(START_POLL).await;
+    }
 }
 
 /// Creates the directories; when root, hands the PostgreSQL directory and log to `postgres` and checks it can
@@ -740,10 +840,23 @@ fn watcher_token(layout: &Layout) -> Result<Secret, DevError> {
         }
     }
     let token = random_string(b"abcdefghijklmnopqrstuvwxyz0123456789", 32);
-    std::fs::write(path, format!("{token}\n")).map_err(io_err(format!("cannot write {}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(io_err(format!("cannot chmod {}", path.display())))?;
+    write_private(path, &format!("{token}\n"))?;
     Ok(Secret::new(token))
+}
+
+/// Writes a file only its owner may read (it is never readable by others, not even while being written).
+fn write_private(path: &Path, text: &str) -> Result<(), DevError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let what = || format!("cannot write {}", path.display());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(what()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err(what()))?;
+    file.write_all(text.as_bytes()).map_err(io_err(what()))
 }
 
 fn watcher_spawn(
@@ -751,7 +864,7 @@ fn watcher_spawn(
     layout: &Layout,
     agent: &DevAgent,
     kernels: &[(Uuid, Uuid)],
-    etcd_url: &str,
+    daemon_url: &str,
 ) -> Result<Owned, DevError> {
     let (out, err) = log_stdio(&layout.log(&format!("watcher-{}.log", agent.id)))?;
     let mut cmd = tokio::process::Command::new(&tools.watcher);
@@ -759,8 +872,12 @@ fn watcher_spawn(
         .arg(format!("127.0.0.1:{}", agent.watcher_port))
         .arg("--token-file")
         .arg(&layout.token_file)
-        .args(["--backend", "process", "--agent-id", &agent.id, "--etcd", etcd_url])
-        .args(["--namespace", NAMESPACE, "--advertise-ip", "127.0.0.1"])
+        .args(["--backend", "process", "--agent-id", &agent.id, "--advertise-ip", "127.0.0.1"])
+        .args(["--register-with", daemon_url, "--credentials-file"])
+        .arg(&layout.credentials_file)
+        .args(["--agent-addr", &agent.rpc_addr(), "--scaling-group", SCALING_GROUP])
+        .args(["--agent-version", env!("CARGO_PKG_VERSION")])
+        .args(AGENT_SLOTS.iter().flat_map(|(name, value)| ["--slot".to_owned(), format!("{name}={value}")]))
         .arg("--stop-timeout-ms")
         .arg(AGENT_STOP_TIMEOUT_MS.to_string())
         .arg("--log-file")
@@ -867,13 +984,6 @@ struct DevKeypair {
     secret_key: String,
 }
 
-/// What seeding leaves for the rest of the start-up.
-struct Seeded {
-    keypair: DevKeypair,
-    /// Per agent, in order: its running kernels as `(kernel_id, session_id)`, which its stand-in starts with.
-    kernels: Vec<Vec<(Uuid, Uuid)>>,
-}
-
 fn random_string(alphabet: &[u8], len: usize) -> String {
     (0..len).map(|_| char::from(alphabet[OsRng.gen_range(0..alphabet.len())])).collect()
 }
@@ -925,89 +1035,11 @@ const SEED_SESSIONS: &[SeedSession] = &[
     },
 ];
 
-/// Seeds the scaling group, agents, sessions, kernels and the superadmin keypair, idempotently: rows that exist are
-/// left alone, except each agent's `addr`, which follows this run's RPC port.
-async fn seed(url: &str, agents_: &[DevAgent]) -> Result<Seeded, DevError> {
-    let mut conn =
-        AsyncPgConnection::establish(url).await.map_err(|e| failed(format!("connecting to {url}"), e.to_string()))?;
+/// Seeds the superadmin keypair (and the scaling group), idempotently: a later run finds the keypair of the first.
+async fn seed_keypair(conn: &mut AsyncPgConnection) -> Result<DevKeypair, DevError> {
     let now = chrono::Utc::now();
-    let available = slots(&[("cpu", "16"), ("mem", "68719476736"), ("cuda.shares", "4")])?;
-    let mut occupied = ResourceSlot::new();
-    for s in SEED_SESSIONS.iter().filter(|s| s.running) {
-        occupied = occupied + &slots(s.slots)?;
-    }
-    let mut rows = Vec::new();
-    for (n, agent) in (1u8..).zip(agents_) {
-        let agent_row = AgentRow {
-            id: agent.id.clone(),
-            status: AgentStatus::Alive,
-            status_changed: Some(now),
-            region: "local".into(),
-            scaling_group: SCALING_GROUP.into(),
-            schedulable: true,
-            available_slots: available.clone(),
-            occupied_slots: occupied.clone(),
-            addr: format!("tcp://127.0.0.1:{}", agent.rpc_port),
-            public_host: Some("127.0.0.1".into()),
-            public_key: None,
-            first_contact: Some(now),
-            lost_at: None,
-            version: env!("CARGO_PKG_VERSION").into(),
-            architecture: std::env::consts::ARCH.into(),
-            compute_plugins: serde_json::json!({"cuda": {"version": "12.1"}}),
-            auto_terminate_abusing_kernel: false,
-        };
-        let mut sess = Vec::new();
-        let mut kern = Vec::new();
-        for s in SEED_SESSIONS {
-            let occupying = slots(s.slots)?;
-            let session_id = seed_uuid(n, 0x10 + s.item);
-            let (session_status, kernel_status) = if s.running {
-                (SessionStatus::Running, KernelStatus::Running)
-            } else {
-                (SessionStatus::Terminated, KernelStatus::Terminated)
-            };
-            let terminated_at = (!s.running).then_some(now);
-            sess.push(SessionRow {
-                id: session_id,
-                name: Some(format!("{}-{}", s.name, agent.id)),
-                session_type: s.kind,
-                access_key: None,
-                status: session_status,
-                scaling_group_name: Some(SCALING_GROUP.into()),
-                occupying_slots: if s.running { occupying.clone() } else { ResourceSlot::new() },
-                requested_slots: occupying.clone(),
-                agent_ids: Some(vec![Some(agent.id.clone())]),
-                created_at: now,
-                status_changed: Some(now),
-                terminated_at,
-            });
-            kern.push(KernelRow {
-                id: seed_uuid(n, 0x20 + s.item),
-                session_id,
-                session_type: s.kind,
-                cluster_role: "main".into(),
-                scaling_group: Some(SCALING_GROUP.into()),
-                agent: Some(agent.id.clone()),
-                agent_addr: Some(agent_row.addr.clone()),
-                access_key: None,
-                image: Some(s.image.into()),
-                architecture: agent_row.architecture.clone(),
-                container_id: Some(format!("{:064x}", seed_uuid(n, 0x20 + s.item).as_u128())),
-                occupied_slots: if s.running { occupying.clone() } else { ResourceSlot::new() },
-                requested_slots: occupying,
-                status: kernel_status,
-                status_changed: Some(now),
-                status_info: (!s.running).then(|| "user-requested".into()),
-                created_at: now,
-                terminated_at,
-            });
-        }
-        rows.push((agent_row, sess, kern));
-    }
     let generated = crate::auth::keys::generate_keypair();
     let fresh = DevKeypair { access_key: generated.access_key, secret_key: generated.secret_key.expose().to_owned() };
-
     let access_key = conn
         .transaction::<_, diesel::result::Error, _>(async move |conn: &mut AsyncPgConnection| {
             diesel::insert_into(scaling_groups::table)
@@ -1030,64 +1062,120 @@ async fn seed(url: &str, agents_: &[DevAgent]) -> Result<Seeded, DevError> {
                 .first(conn)
                 .await
                 .optional()?;
-            let access_key = match existing {
-                Some(k) => k,
-                None => {
-                    diesel::insert_into(keypairs::table)
-                        .values(&KeypairRow {
-                            access_key: fresh.access_key.clone(),
-                            secret_key: fresh.secret_key.clone(),
-                            user_id: Some("admin@dev.local".into()),
-                            is_active: true,
-                            is_superadmin: true,
-                            description: Some(KEYPAIR_DESCRIPTION.into()),
-                            created_at: now,
-                            last_used: None,
-                        })
-                        .execute(conn)
-                        .await?;
-                    fresh.access_key.clone()
-                }
-            };
-            for (agent, mut sess, mut kern) in rows {
-                diesel::insert_into(agents::table)
-                    .values(&agent)
-                    .on_conflict(agents::id)
-                    .do_update()
-                    .set(agents::addr.eq(excluded(agents::addr)))
-                    .execute(conn)
-                    .await?;
-                for s in &mut sess {
-                    s.access_key = Some(access_key.clone());
-                }
-                for k in &mut kern {
-                    k.access_key = Some(access_key.clone());
-                }
-                diesel::insert_into(sessions::table).values(&sess).on_conflict_do_nothing().execute(conn).await?;
-                diesel::insert_into(kernels::table).values(&kern).on_conflict_do_nothing().execute(conn).await?;
-                // Kernels follow their agent's address, as the manager's registry would record it.
-                diesel::update(kernels::table.filter(kernels::agent.eq(&agent.id)))
-                    .set(kernels::agent_addr.eq(&agent.addr))
-                    .execute(conn)
-                    .await?;
+            if let Some(k) = existing {
+                return Ok(k);
             }
-            Ok(access_key)
+            diesel::insert_into(keypairs::table)
+                .values(&KeypairRow {
+                    access_key: fresh.access_key.clone(),
+                    secret_key: fresh.secret_key.clone(),
+                    user_id: Some("admin@dev.local".into()),
+                    is_active: true,
+                    is_superadmin: true,
+                    description: Some(KEYPAIR_DESCRIPTION.into()),
+                    created_at: now,
+                    last_used: None,
+                })
+                .execute(conn)
+                .await?;
+            Ok(fresh.access_key.clone())
         })
         .await
         .map_err(db::query_error)?;
+    let secret_key: String =
+        keypairs::table.find(&access_key).select(keypairs::secret_key).first(conn).await.map_err(db::query_error)?;
+    Ok(DevKeypair { access_key, secret_key })
+}
 
-    let secret_key: String = keypairs::table
-        .find(&access_key)
-        .select(keypairs::secret_key)
-        .first(&mut conn)
-        .await
-        .map_err(db::query_error)?;
-    let mut kernels_per_agent = Vec::new();
-    for agent in agents_ {
-        let ks = queries::occupying_kernels(&mut conn, &agent.id).await?;
-        kernels_per_agent.push(ks.into_iter().map(|k| (k.id, k.session_id)).collect());
+/// Per agent, in order, the running kernels `(kernel_id, session_id)` its stand-in starts with: what the database
+/// has for an agent an earlier run registered, else the workload [`seed_workload`] is about to seed.
+async fn planned_kernels(
+    conn: &mut AsyncPgConnection,
+    agents_: &[DevAgent],
+) -> Result<Vec<Vec<(Uuid, Uuid)>>, DevError> {
+    let mut out = Vec::with_capacity(agents_.len());
+    for (n, agent) in (1u8..).zip(agents_) {
+        let kernels = if queries::find_agent(conn, &agent.id).await?.is_some() {
+            queries::occupying_kernels(conn, &agent.id).await?.into_iter().map(|k| (k.id, k.session_id)).collect()
+        } else {
+            SEED_SESSIONS
+                .iter()
+                .filter(|s| s.running)
+                .map(|s| (seed_uuid(n, 0x20 + s.item), seed_uuid(n, 0x10 + s.item)))
+                .collect()
+        };
+        out.push(kernels);
     }
-    Ok(Seeded { keypair: DevKeypair { access_key, secret_key }, kernels: kernels_per_agent })
+    Ok(out)
+}
+
+/// Seeds each (registered) agent's sessions and kernels, idempotently: rows that exist are left alone, except the
+/// kernels' `agent_addr`, which follows their agent's address as the manager's registry would record it.
+async fn seed_workload(conn: &mut AsyncPgConnection, agents_: &[DevAgent], access_key: &str) -> Result<(), DevError> {
+    let now = chrono::Utc::now();
+    let mut rows = Vec::new();
+    for (n, agent) in (1u8..).zip(agents_) {
+        let (mut sess, mut kern) = (Vec::new(), Vec::new());
+        for s in SEED_SESSIONS {
+            let occupying = slots(s.slots)?;
+            let session_id = seed_uuid(n, 0x10 + s.item);
+            let (session_status, kernel_status) = if s.running {
+                (SessionStatus::Running, KernelStatus::Running)
+            } else {
+                (SessionStatus::Terminated, KernelStatus::Terminated)
+            };
+            let terminated_at = (!s.running).then_some(now);
+            sess.push(SessionRow {
+                id: session_id,
+                name: Some(format!("{}-{}", s.name, agent.id)),
+                session_type: s.kind,
+                access_key: Some(access_key.to_owned()),
+                status: session_status,
+                scaling_group_name: Some(SCALING_GROUP.into()),
+                occupying_slots: if s.running { occupying.clone() } else { ResourceSlot::new() },
+                requested_slots: occupying.clone(),
+                agent_ids: Some(vec![Some(agent.id.clone())]),
+                created_at: now,
+                status_changed: Some(now),
+                terminated_at,
+            });
+            kern.push(KernelRow {
+                id: seed_uuid(n, 0x20 + s.item),
+                session_id,
+                session_type: s.kind,
+                cluster_role: "main".into(),
+                scaling_group: Some(SCALING_GROUP.into()),
+                agent: Some(agent.id.clone()),
+                agent_addr: Some(agent.rpc_addr()),
+                access_key: Some(access_key.to_owned()),
+                image: Some(s.image.into()),
+                architecture: std::env::consts::ARCH.into(),
+                container_id: Some(format!("{:064x}", seed_uuid(n, 0x20 + s.item).as_u128())),
+                occupied_slots: if s.running { occupying.clone() } else { ResourceSlot::new() },
+                requested_slots: occupying,
+                status: kernel_status,
+                status_changed: Some(now),
+                status_info: (!s.running).then(|| "user-requested".into()),
+                created_at: now,
+                terminated_at,
+            });
+        }
+        rows.push((agent.id.clone(), agent.rpc_addr(), sess, kern));
+    }
+    conn.transaction::<_, diesel::result::Error, _>(async move |conn: &mut AsyncPgConnection| {
+        for (agent, addr, sess, kern) in rows {
+            diesel::insert_into(sessions::table).values(&sess).on_conflict_do_nothing().execute(conn).await?;
+            diesel::insert_into(kernels::table).values(&kern).on_conflict_do_nothing().execute(conn).await?;
+            diesel::update(kernels::table.filter(kernels::agent.eq(&agent)))
+                .set(kernels::agent_addr.eq(&addr))
+                .execute(conn)
+                .await?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(db::query_error)?;
+    Ok(())
 }
 
 fn print_banner(

@@ -2,6 +2,7 @@
 //!
 //! Query functions take a `&mut AsyncPgConnection` so that callers can compose them inside one transaction.
 
+pub mod agents;
 pub mod backendai;
 pub mod keypairs;
 pub mod models;

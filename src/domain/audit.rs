@@ -16,6 +16,12 @@ name_enum!(
         Sync => "sync",
         /// A change of what the actor saw of its watcher (reachable ↔ unreachable, agent status).
         Observe => "observe",
+        /// Standalone mode's registry: an agent registered (or registered again), changed, removed.
+        Register => "register",
+        Update => "update",
+        Deregister => "deregister",
+        /// An ALIVE ↔ LOST transition decided from the watcher probe.
+        Liveness => "liveness",
     }
 );
 

@@ -151,6 +151,31 @@ impl WatcherDirectory {
         &self.inner.etcd
     }
 
+    /// Every agent etcd knows, `(id, ip, watcher_port)` as the keys hold them, by id: from the mirror when it is in
+    /// sync, else from etcd directly.
+    pub async fn nodes(&self) -> Result<Vec<(String, Option<String>, Option<String>)>, EtcdError> {
+        let mirrored = self.inner.state.read().ok().and_then(|s| {
+            s.synced.then(|| {
+                s.nodes.iter().map(|(id, n)| (id.clone(), n.ip.clone(), n.watcher_port.clone())).collect::<Vec<_>>()
+            })
+        });
+        let mut nodes = match mirrored {
+            Some(nodes) => nodes,
+            None => {
+                let (kvs, _) = self.inner.etcd.get_prefix(keys::AGENTS_PREFIX).await?;
+                let mut by_id: HashMap<String, Node> = HashMap::new();
+                for (key, value) in kvs {
+                    if let Some((id, field)) = keys::parse_agent_key(&key) {
+                        apply_field(by_id.entry(id.to_owned()).or_default(), field, Some(value));
+                    }
+                }
+                by_id.into_iter().map(|(id, n)| (id, n.ip, n.watcher_port)).collect()
+            }
+        };
+        nodes.sort();
+        Ok(nodes)
+    }
+
     /// `http://{nodes/agents/{id}/ip}:{nodes/agents/{id}/watcher_port or the default port}`.
     pub async fn watcher_address(&self, agent: &AgentId) -> Result<WatcherAddress, EtcdError> {
         let cached = self

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub etcd_cache: IntGaugeVec,
     pub agents: IntGauge,
     pub redis_writes: IntCounterVec,
+    pub liveness_transitions: IntCounterVec,
 }
 
 impl Metrics {
@@ -86,6 +87,11 @@ impl Metrics {
         registry.register(Box::new(etcd_cache.clone()))?;
         registry.register(Box::new(agents.clone()))?;
         registry.register(Box::new(redis_writes.clone()))?;
+        let liveness_transitions = IntCounterVec::new(
+            Opts::new("agent_liveness_transitions_total", "Agents that became LOST or ALIVE again (standalone mode)"),
+            &["to"],
+        )?;
+        registry.register(Box::new(liveness_transitions.clone()))?;
         Ok(Self {
             registry,
             http_requests,
@@ -100,6 +106,7 @@ impl Metrics {
             etcd_cache,
             agents,
             redis_writes,
+            liveness_transitions,
         })
     }
 

@@ -109,6 +109,11 @@ impl TestApp {
 
     /// A daemon on a database the test has prepared.
     pub async fn spawn_on(db: TestDb, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::spawn_listening(db, TcpListener::bind("127.0.0.1:0").unwrap(), tweak).await
+    }
+
+    /// A daemon serving on `listener` (bound by the test, so that clients can be pointed at it before it serves).
+    pub async fn spawn_listening(db: TestDb, listener: TcpListener, tweak: impl FnOnce(&mut Config)) -> Self {
         let etcd = TestEtcd::new();
         let mut config = test_config(&db, &etcd);
         tweak(&mut config);
@@ -116,7 +121,6 @@ impl TestApp {
             DatabaseMode::Standalone => create_keypair(&config.database, true, true).await,
             DatabaseMode::BackendAi => Creds::of(super::backendai::ADMIN),
         };
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let (server, running) = app::start(&config, listener).await.unwrap().split();
         let url = format!("http://{}", running.addr);
         let host = running.addr.to_string();

@@ -89,12 +89,20 @@ impl WatcherProcess {
     /// Starts `agent-watcher --listen 127.0.0.1:PORT ARGS…` with extra environment, and waits until it accepts
     /// connections. `token` is what [`get`](Self::get)/[`post`](Self::post) send.
     pub fn spawn(token: &str, args: &[String], env: &[(String, String)]) -> Self {
-        Self::spawn_in(tempfile::tempdir().unwrap(), token, args, env)
+        Self::spawn_in(tempfile::tempdir().unwrap(), None, token, args, env)
     }
 
-    fn spawn_in(mut dir: tempfile::TempDir, token: &str, args: &[String], env: &[(String, String)]) -> Self {
-        for _attempt in 0..3 {
-            let port = free_port();
+    /// Starts the watcher on `fixed_port` if given (once), else on a free port (retrying on another if it is taken).
+    fn spawn_in(
+        mut dir: tempfile::TempDir,
+        fixed_port: Option<u16>,
+        token: &str,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Self {
+        let attempts = if fixed_port.is_some() { 1 } else { 3 };
+        for _attempt in 0..attempts {
+            let port = fixed_port.unwrap_or_else(free_port);
             let log = std::fs::File::create(dir.path().join("watcher.log")).unwrap();
             let child = Command::new(super::procs::watcher_bin())
                 .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -143,6 +151,16 @@ impl WatcherProcess {
 
     /// `--backend process` supervising `child_cmd`.
     pub fn process_backend(token: &str, child_cmd: &[&str], extra_args: &[&str]) -> Self {
+        Self::process_backend_at(None, token, child_cmd, extra_args)
+    }
+
+    /// As [`process_backend`](Self::process_backend), on a given port (a node coming back where it was).
+    pub fn process_backend_on(token: &str, port: u16, child_cmd: &[String]) -> Self {
+        let cmd: Vec<&str> = child_cmd.iter().map(String::as_str).collect();
+        Self::process_backend_at(Some(port), token, &cmd, &[])
+    }
+
+    fn process_backend_at(port: Option<u16>, token: &str, child_cmd: &[&str], extra_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let agent_log = dir.path().join("agent.log");
         let mut args: Vec<String> = [
@@ -163,7 +181,7 @@ impl WatcherProcess {
         args.extend(extra_args.iter().map(|s| s.to_string()));
         args.push("--".into());
         args.extend(child_cmd.iter().map(|s| s.to_string()));
-        Self::spawn_in(dir, token, &args, &[])
+        Self::spawn_in(dir, port, token, &args, &[])
     }
 
     /// `--backend systemd` with `path_dir` first in `PATH`.

@@ -2,9 +2,11 @@
 //! problem documents every error becomes ([`problem`]) and the watcher's wire protocol ([`watcher`]). The node-side
 //! watcher depends on this crate and nothing of the daemon's.
 
+pub mod agents;
 #[cfg(feature = "actix-web")]
 pub mod http;
 pub mod problem;
+pub mod signing;
 pub mod watcher;
 
 pub use problem::{ErrorCode, Problem, ProblemDocument};

@@ -34,6 +34,8 @@ pub enum ErrorCode {
     ShuttingDown,
     WatcherTimeout,
     AgentRpcTimeout,
+    ManagedByBackendAi,
+    ScalingGroupNotFound,
 }
 
 impl ErrorCode {
@@ -64,6 +66,8 @@ impl ErrorCode {
         Self::ShuttingDown,
         Self::WatcherTimeout,
         Self::AgentRpcTimeout,
+        Self::ManagedByBackendAi,
+        Self::ScalingGroupNotFound,
     ];
 
     /// The snake_case name sent as `error_code`.
@@ -95,6 +99,8 @@ impl ErrorCode {
             Self::ShuttingDown => "shutting_down",
             Self::WatcherTimeout => "watcher_timeout",
             Self::AgentRpcTimeout => "agent_rpc_timeout",
+            Self::ManagedByBackendAi => "managed_by_backend_ai",
+            Self::ScalingGroupNotFound => "scaling_group_not_found",
         }
     }
 
@@ -104,9 +110,12 @@ impl ErrorCode {
             Self::InvalidRequest => 400,
             Self::AuthFailed | Self::WatcherAuthFailed => 401,
             Self::Forbidden => 403,
-            Self::AgentNotFound | Self::NotFound => 404,
+            Self::AgentNotFound | Self::NotFound | Self::ScalingGroupNotFound => 404,
             Self::MethodNotAllowed => 405,
-            Self::AgentAlreadyRunning | Self::AgentAlreadyStopped | Self::AgentHasRunningKernels => 409,
+            Self::AgentAlreadyRunning
+            | Self::AgentAlreadyStopped
+            | Self::AgentHasRunningKernels
+            | Self::ManagedByBackendAi => 409,
             Self::PayloadTooLarge => 413,
             Self::AgentBusy => 429,
             Self::InternalError | Self::AgentStartFailed | Self::AgentStopFailed | Self::AgentRestartFailed => 500,
@@ -149,6 +158,8 @@ impl ErrorCode {
             Self::ShuttingDown => "The supervisor is shutting down.",
             Self::WatcherTimeout => "The watcher did not answer in time.",
             Self::AgentRpcTimeout => "The agent's RPC call timed out.",
+            Self::ManagedByBackendAi => "Agents are managed by Backend.AI here.",
+            Self::ScalingGroupNotFound => "No such scaling group.",
         }
     }
 

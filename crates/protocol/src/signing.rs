@@ -241,6 +241,9 @@ impl std::fmt::Debug for SignedHeaders {
     }
 }
 
+/// The API version the official client 23.09 negotiates and sends in `X-BackendAI-Version`.
+pub const API_VERSION: &str = "v7.20230615";
+
 /// What a client is about to send, for [`sign_request`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutgoingRequest<'a> {

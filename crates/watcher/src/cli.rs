@@ -1,12 +1,14 @@
 //! `agent-watcher`: command line of the node-side watcher.
 
-use std::{ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
+use std::{collections::BTreeMap, ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
 
 use agent_supervisor_common::{Secret, etcd::EtcdConfig};
 use clap::{CommandFactory, Parser, ValueEnum};
 
 use crate::{
-    BackendOptions, ProcessConfigTemplate, ServerOptions, TokenSource, backend::SystemdConfig,
+    BackendOptions, ProcessConfigTemplate, ServerOptions, TokenSource,
+    backend::SystemdConfig,
+    register_with::{DaemonRegistration, read_credentials_file},
     registration::Registration,
 };
 
@@ -90,12 +92,41 @@ pub struct Cli {
     /// Bound on every etcd request.
     #[arg(long, default_value_t = 2_000)]
     pub etcd_timeout_ms: u64,
-    /// Register nodes/agents/ID/watcher_port in etcd (needs --etcd).
-    #[arg(long, requires = "etcd")]
+    /// The node's agent id: with --etcd, nodes/agents/ID/watcher_port is written in etcd; with --register-with, the
+    /// node registers itself with the daemon under this id.
+    #[arg(long)]
     pub agent_id: Option<String>,
-    /// Also register nodes/agents/ID/ip with this address (needs --agent-id).
+    /// The address the daemon reaches this watcher at (etcd nodes/agents/ID/ip) [default with --register-with: the
+    /// --listen address, or when that is 0.0.0.0 the local address this machine reaches the daemon from].
     #[arg(long, requires = "agent_id")]
     pub advertise_ip: Option<String>,
+    /// Register the node with the daemon at this URL (its admin API, http://HOST:PORT) once the watcher listens,
+    /// retrying while the daemon is away. Signs with a superadmin keypair from --credentials-file or the
+    /// BACKEND_ACCESS_KEY / BACKEND_SECRET_KEY environment variables.
+    #[arg(long, env = "AGENT_WATCHER_REGISTER_WITH", requires = "agent_id", value_name = "URL")]
+    pub register_with: Option<String>,
+    /// File with BACKEND_ACCESS_KEY=… and BACKEND_SECRET_KEY=… lines (the official client's environment file).
+    #[arg(long, env = "AGENT_WATCHER_CREDENTIALS_FILE", requires = "register_with")]
+    pub credentials_file: Option<PathBuf>,
+    /// With --register-with: the agent's RPC address [default: tcp://ADVERTISED-IP:6001].
+    #[arg(long, requires = "register_with", value_name = "tcp://HOST:PORT")]
+    pub agent_addr: Option<String>,
+    /// With --register-with: the scaling group to join (it must exist).
+    #[arg(long, requires = "register_with", default_value = "default")]
+    pub scaling_group: String,
+    /// With --register-with: the node's region.
+    #[arg(long, requires = "register_with", default_value = "local")]
+    pub region: String,
+    /// With --register-with: the agent's CURVE public key (40 characters of Z85).
+    #[arg(long, requires = "register_with")]
+    pub agent_public_key: Option<String>,
+    /// With --register-with: an available slot, NAME=DECIMAL (repeatable) [default: this machine's CPUs as `cpu`
+    /// and its memory in bytes as `mem`].
+    #[arg(long = "slot", requires = "register_with", value_name = "NAME=DECIMAL")]
+    pub slots: Vec<String>,
+    /// With --register-with: the agent's version as registered.
+    #[arg(long, requires = "register_with")]
+    pub agent_version: Option<String>,
     /// Log as JSON lines instead of human-readable text (the filter is read from RUST_LOG, default info).
     #[arg(long)]
     pub log_json: bool,
@@ -108,6 +139,10 @@ impl Cli {
     /// Checks what clap cannot and turns the flags into server options.
     pub fn into_options(self) -> Result<ServerOptions, String> {
         let ms = Duration::from_millis;
+        let register_with = match &self.register_with {
+            Some(endpoint) => Some(self.daemon_registration(endpoint.clone())?),
+            None => None,
+        };
         let backend = match self.backend {
             BackendKind::Systemd => {
                 if !self.command.is_empty() {
@@ -147,7 +182,13 @@ impl Cli {
             timeout_ms: self.etcd_timeout_ms,
             ..EtcdConfig::default()
         });
-        let registration = self.agent_id.map(|agent_id| Registration { agent_id, advertise_ip: self.advertise_ip });
+        let registration = match (self.agent_id, etcd.is_some()) {
+            (Some(agent_id), true) => Some(Registration { agent_id, advertise_ip: self.advertise_ip }),
+            (Some(_), false) if register_with.is_none() => {
+                return Err("--agent-id needs --etcd (to publish the watcher in etcd) or --register-with".into());
+            }
+            _ => None,
+        };
         Ok(ServerOptions {
             listen: self.listen,
             token,
@@ -157,6 +198,43 @@ impl Cli {
             workers: self.workers,
             etcd,
             registration,
+            register_with,
+        })
+    }
+
+    fn daemon_registration(&self, endpoint: String) -> Result<DaemonRegistration, String> {
+        let (access_key, secret_key) = match &self.credentials_file {
+            Some(path) => read_credentials_file(path)?,
+            None => match (std::env::var("BACKEND_ACCESS_KEY"), std::env::var("BACKEND_SECRET_KEY")) {
+                (Ok(a), Ok(s)) if !a.is_empty() && !s.is_empty() => (a, Secret::new(s)),
+                _ => {
+                    return Err("--register-with needs a keypair: --credentials-file FILE or the BACKEND_ACCESS_KEY \
+                                and BACKEND_SECRET_KEY environment variables"
+                        .into());
+                }
+            },
+        };
+        let mut slots = BTreeMap::new();
+        for raw in &self.slots {
+            match raw.split_once('=') {
+                Some((name, value)) if !name.trim().is_empty() && !value.trim().is_empty() => {
+                    slots.insert(name.trim().to_owned(), value.trim().to_owned());
+                }
+                _ => return Err(format!("--slot {raw:?} is not NAME=DECIMAL (for example cpu=16)")),
+            }
+        }
+        Ok(DaemonRegistration {
+            endpoint,
+            access_key,
+            secret_key,
+            agent_id: self.agent_id.clone().ok_or("--register-with needs --agent-id")?,
+            advertise_ip: self.advertise_ip.clone(),
+            agent_addr: self.agent_addr.clone(),
+            scaling_group: self.scaling_group.clone(),
+            region: self.region.clone(),
+            public_key: self.agent_public_key.clone(),
+            slots,
+            version: self.agent_version.clone(),
         })
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! [`app`] is the HTTP surface (Backend.AI's routes), [`auth`] the token check, [`commands`] the serialisation of
 //! state-changing commands, [`backend`] the two ways of controlling the agent (systemd unit or own child process),
-//! [`registration`] the optional etcd side, [`cli`] the command line. [`serve`] wires them together and runs until
+//! [`registration`] the optional etcd side, [`register_with`] the optional registration with the daemon, [`cli`] the
+//! command line. [`serve`] wires them together and runs until
 //! SIGTERM/SIGINT.
 
 pub mod app;
@@ -11,6 +12,7 @@ pub mod auth;
 pub mod backend;
 pub mod cli;
 pub mod commands;
+pub mod register_with;
 pub mod registration;
 
 use std::{net::TcpListener, path::PathBuf, time::Duration};
@@ -29,6 +31,7 @@ use self::{
     auth::TokenCheck,
     backend::{Backend, ProcessBackend, ProcessConfig, SystemdBackend, SystemdConfig},
     commands::Commander,
+    register_with::DaemonRegistration,
     registration::Registration,
 };
 
@@ -76,6 +79,8 @@ pub struct ServerOptions {
     pub workers: usize,
     pub etcd: Option<EtcdConfig>,
     pub registration: Option<Registration>,
+    /// `--register-with`: register the node with the daemon once listening.
+    pub register_with: Option<DaemonRegistration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +93,8 @@ pub enum ServeError {
     Etcd(#[from] EtcdError),
     #[error("HTTP server: {0}")]
     Http(std::io::Error),
+    #[error("{0}")]
+    Registration(String),
 }
 
 /// Runs the watcher until SIGTERM or SIGINT; then stops the agent child (process back-end) and returns.
@@ -98,6 +105,10 @@ pub async fn serve(opts: ServerOptions) -> Result<(), ServeError> {
         None => None,
     };
     let token = resolve_token(&opts.token, etcd.as_ref()).await?;
+    let daemon = match &opts.register_with {
+        Some(reg) => Some((register_with::client(reg).map_err(ServeError::Registration)?, reg.clone())),
+        None => None,
+    };
 
     let listener =
         TcpListener::bind(&opts.listen).map_err(|source| ServeError::Bind { addr: opts.listen.clone(), source })?;
@@ -151,6 +162,9 @@ pub async fn serve(opts: ServerOptions) -> Result<(), ServeError> {
 
     if let (Some(etcd), Some(reg)) = (etcd, opts.registration.clone()) {
         actix_web::rt::spawn(registration::register_until_done(etcd, reg, local.port()));
+    }
+    if let Some((client, reg)) = daemon {
+        actix_web::rt::spawn(register_with::register_until_done(client, reg, local.ip(), local.port()));
     }
     if autostart {
         let state = state.clone();

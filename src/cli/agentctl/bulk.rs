@@ -7,13 +7,13 @@ use std::{
     time::Instant,
 };
 
+use agent_supervisor_common::api_client::{ApiError as CtlError, Client};
 use futures_util::StreamExt;
-
-use crate::api::types::AgentList;
 use serde_json::{Value, json};
 
+use crate::api::types::AgentList;
+
 use super::{
-    client::{Client, CtlError},
     commands::{self, AgentOutcome, CommandOpts, Verb},
     render::{Table, duration_ms, progress_bar},
 };

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::client::{Client, CtlError};
 use crate::api::types::CommandReply;
+use agent_supervisor_common::api_client::{ApiError as CtlError, Client};
 
 /// The watcher command to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -5,7 +5,9 @@ pub mod keys;
 
 use std::time::Duration;
 
-use etcd_rs::{Client, ClientConfig, DeleteRequest, Endpoint, KeyRange, KeyValueOp, PutRequest, RangeRequest};
+use etcd_rs::{
+    Client, ClientConfig, DeleteRequest, Endpoint, KeyRange, KeyValueOp, PutRequest, RangeRequest, TxnRequest,
+};
 
 use agent_supervisor_protocol::{ErrorCode, Problem};
 use serde::{Deserialize, Serialize};
@@ -146,6 +148,19 @@ impl Etcd {
     pub async fn delete(&self, relative: &str) -> Result<(), EtcdError> {
         let key = self.full_key(relative);
         self.bounded("delete", self.client.delete(DeleteRequest::new(KeyRange::key(key)))).await?;
+        Ok(())
+    }
+
+    /// Puts and deletes keys (relative to the namespace) in one etcd transaction: all of them happen, or none.
+    pub async fn apply(&self, puts: &[(String, String)], deletes: &[String]) -> Result<(), EtcdError> {
+        let mut txn = TxnRequest::new();
+        for (key, value) in puts {
+            txn = txn.and_then(PutRequest::new(self.full_key(key), value.clone()));
+        }
+        for key in deletes {
+            txn = txn.and_then(DeleteRequest::new(KeyRange::key(self.full_key(key))));
+        }
+        self.bounded("transaction", self.client.txn(txn)).await?;
         Ok(())
     }
 
