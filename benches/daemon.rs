@@ -1,5 +1,6 @@
 //! Daemon benchmarks (not timed tests): the status proxy against a real `agent-watcher`, memory per supervised agent
-//! at 10,000 agents, the fan-out status of 1,000 watchers, and 1,000 restarts 100 at a time.
+//! at 10,000 agents, the fan-out status of 1,000 watchers, 1,000 restarts 100 at a time, and 10,000 agents registered
+//! through the API until every one answers status.
 //!
 //! Run it with `bench/daemon.sh` (builds the release binaries, raises `ulimit -n`, then `cargo bench --bench
 //! daemon`). The daemon is the release `agent-supervisor serve` as a subprocess configured from the environment, so
@@ -10,7 +11,8 @@
 //!
 //! Environment: `BENCH_AGENTS` (10000), `BENCH_FANOUT` (1000, also the number of agents restarted), `BENCH_PARALLEL`
 //! (100 restarts in flight), `BENCH_COMMAND_MS` (50: how long a simulated command takes), `WRK_DURATION` (10s),
-//! `WRK_CONNECTIONS` (8), `WRK_THREADS` (2), `BENCH_ONLY=proxy` (the status proxy rows only), `BENCH_WRK_CPUS` (pins wrk with `taskset -c`), `BENCH_PROFILE=<file>`
+//! `WRK_CONNECTIONS` (8), `WRK_THREADS` (2), `BENCH_ONLY=proxy` (the status proxy rows only), `BENCH_ONLY=registry`
+//! (the registration rows only), `BENCH_WRK_CPUS` (pins wrk with `taskset -c`), `BENCH_PROFILE=<file>`
 //! (records the daemon with `perf record -g` into `<file>` while wrk drives the status proxy). `AGENT_SUPERVISOR_*`
 //! variables other than those set here reach the daemon (e.g. `AGENT_SUPERVISOR_API_WORKERS=2`). Each wrk run also
 //! reports the CPU time per request of the daemon, the watcher and wrk itself.
@@ -172,14 +174,13 @@ fn start_daemon(s: &Setup, name: &str) -> Proc {
 }
 
 fn signed_headers(s: &Setup, port: u16, method: &str, path: &str) -> signing::SignedHeaders {
+    signed_headers_for(s, port, method, path, SIGNED_CONTENT_TYPE)
+}
+
+fn signed_headers_for(s: &Setup, port: u16, method: &str, path: &str, content_type: &str) -> signing::SignedHeaders {
     let host = format!("127.0.0.1:{port}");
-    let out = signing::OutgoingRequest {
-        method,
-        rel_url: path,
-        host: &host,
-        content_type: SIGNED_CONTENT_TYPE,
-        api_version: COMPAT_API_VERSION,
-    };
+    let out =
+        signing::OutgoingRequest { method, rel_url: path, host: &host, content_type, api_version: COMPAT_API_VERSION };
     signing::sign_request(&s.creds.0, &s.creds.1, &out, chrono::Utc::now())
 }
 
@@ -194,17 +195,32 @@ fn wrk_signed_env(h: &signing::SignedHeaders) -> [(&'static str, String); 4] {
 }
 
 async fn call(client: &awc::Client, s: &Setup, port: u16, method: &str, path: &str) -> (u16, Value) {
-    let h = signed_headers(s, port, method, path);
+    call_with(client, s, port, method, path, None).await
+}
+
+/// A signed request, with `body` as JSON if given.
+async fn call_with(
+    client: &awc::Client,
+    s: &Setup,
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let content_type = if body.is_some() { "application/json" } else { SIGNED_CONTENT_TYPE };
+    let h = signed_headers_for(s, port, method, path, content_type);
     let m = awc::http::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut resp = client
+    let req = client
         .request(m, format!("http://127.0.0.1:{port}{path}"))
-        .insert_header(("Content-Type", SIGNED_CONTENT_TYPE))
+        .insert_header(("Content-Type", content_type))
         .insert_header(("X-BackendAI-Version", COMPAT_API_VERSION))
         .insert_header(("Date", h.date))
-        .insert_header(("Authorization", h.authorization))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        .insert_header(("Authorization", h.authorization));
+    let sent = match body {
+        Some(b) => req.send_body(b.to_string()).await,
+        None => req.send().await,
+    };
+    let mut resp = sent.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
     let status = resp.status().as_u16();
     let body = resp.body().limit(256 << 20).await.unwrap();
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
@@ -417,7 +433,15 @@ async fn run(db_url: String) -> Vec<Row> {
         .connector(awc::Connector::new().limit(parallel.max(8) * 2))
         .timeout(Duration::from_secs(120))
         .finish();
-    sql(&db, "INSERT INTO scaling_groups (name) VALUES ('default'), ('bench-1k')").await;
+    sql(&db, "INSERT INTO scaling_groups (name) VALUES ('default'), ('bench-1k') ON CONFLICT DO NOTHING").await;
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "registry") {
+        let sims = SimWatchers::start(agents, 2, TOKEN, Duration::from_millis(command_ms));
+        registration(&mut rows, &setup, &client, &sims, parallel).await;
+        drop(sims);
+        let _ = etcd.delete_prefix("").await;
+        db.close();
+        return rows;
+    }
 
     // 1. Status proxy: the daemon in front of a real agent-watcher vs. the watcher directly, same wrk load.
     {
@@ -766,8 +790,73 @@ async fn run(db_url: String) -> Vec<Row> {
     );
 
     drop(daemon);
+
+    // 5. The registry: the same agents registered through the API by a daemon that starts without them.
+    sql(&db, "DELETE FROM agents WHERE id LIKE 'i-sim-%'").await;
+    let _ = etcd.delete_prefix("nodes/agents/i-sim-").await;
+    registration(&mut rows, &setup, &client, &sims, parallel).await;
+
     drop(sims);
     let _ = etcd.delete_prefix("").await;
     db.close();
     rows
+}
+
+/// Registers one agent per simulated watcher through `POST /v1/agents`, `parallel` at a time, then asks every one
+/// for its status through the daemon (each answer comes from its actor).
+async fn registration(rows: &mut Vec<Row>, setup: &Setup, client: &awc::Client, sims: &SimWatchers, parallel: usize) {
+    let daemon = start_daemon(setup, "registry");
+    let count = sims.ports().len();
+    let started = Instant::now();
+    let mut latencies: Vec<f64> = futures_util::stream::iter(sims.ports().iter().enumerate())
+        .map(|(i, port)| async move {
+            let body = serde_json::json!({
+                "id": format!("i-reg-{i}"), "addr": "tcp://127.0.0.1:6001", "ip": "127.0.0.1", "watcher_port": port,
+                "available_slots": {"cpu": "64", "mem": "549755813888", "cuda.shares": "8"}, "version": "23.09.10",
+            });
+            let began = Instant::now();
+            let (status, answer) = call_with(client, setup, daemon.port, "POST", "/v1/agents", Some(&body)).await;
+            assert_eq!(status, 200, "registration of i-reg-{i}: {answer}");
+            began.elapsed().as_secs_f64() * 1000.0
+        })
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    let registered = started.elapsed();
+    latencies.sort_by(f64::total_cmp);
+    row(
+        rows,
+        format!("register {count} agents through `POST /v1/agents`, {parallel} in flight"),
+        format!(
+            "{:.2} s, {:.0} registrations/s; p50 {:.1} ms, p99 {:.1} ms",
+            registered.as_secs_f64(),
+            count as f64 / registered.as_secs_f64(),
+            percentile(latencies.clone(), 0.5),
+            percentile(latencies, 0.99)
+        ),
+        "—",
+    );
+    let failures: Vec<(usize, u16, Value)> = futures_util::stream::iter(0..count)
+        .map(|i| async move {
+            let (status, body) =
+                call(client, setup, daemon.port, "GET", &format!("/v1/agents/i-reg-{i}/watcher")).await;
+            (i, status, body)
+        })
+        .buffer_unordered(parallel)
+        .filter(|(_, status, body)| std::future::ready(*status != 200 || body["watcher"]["agent-status"] != "active"))
+        .collect()
+        .await;
+    let all_answer = started.elapsed();
+    assert!(failures.is_empty(), "{} agents did not answer status; first: {:?}", failures.len(), failures.first());
+    row(
+        rows,
+        format!("… until all {count} answer status through their actors ({parallel} in flight)"),
+        format!(
+            "{:.2} s after the first registration ({:.2} s after the last)",
+            all_answer.as_secs_f64(),
+            (all_answer - registered).as_secs_f64()
+        ),
+        "—",
+    );
+    row(rows, "daemon VmRSS after the registrations", format!("{:.1} MiB", rss_kib(daemon.pid()) as f64 / 1024.0), "—");
 }

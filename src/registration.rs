@@ -21,7 +21,7 @@ use std::{
     net::IpAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
     },
     time::Duration,
 };
@@ -42,7 +42,7 @@ use crate::{
     },
     domain::{AgentId, EventAction, EventOutcome, ResourceSlot},
     error::{ErrorCode, Problem},
-    etcd::{Etcd, keys},
+    etcd::{Etcd, WatcherDirectory, keys},
 };
 
 /// What a registry change left behind: the row, the watcher's address as etcd now has it, and the audit event.
@@ -72,6 +72,8 @@ pub struct DeregisteredAgent {
 pub struct Registrar {
     db: Db,
     etcd: Etcd,
+    /// The daemon's mirror of etcd: a change returns once lookups see it, so status works at once.
+    directory: WatcherDirectory,
     changes: Arc<AgentChangeLocks>,
 }
 
@@ -87,6 +89,8 @@ impl AgentChangeLocks {
     }
 }
 
+/// How long a committed change waits for the watcher directory to see its etcd write.
+const CAUGHT_UP_WITHIN: Duration = Duration::from_secs(2);
 /// Pauses between attempts to put an agent's etcd keys back after a change that did not commit.
 const REPAIR_BACKOFF_MIN: Duration = Duration::from_millis(250);
 const REPAIR_BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -126,8 +130,8 @@ struct WatcherKeys {
 }
 
 impl Registrar {
-    pub fn new(db: Db, etcd: Etcd) -> Self {
-        Self { db, etcd, changes: Arc::default() }
+    pub fn new(db: Db, directory: WatcherDirectory) -> Self {
+        Self { db, etcd: directory.etcd().clone(), directory, changes: Arc::default() }
     }
 
     fn standalone_only(&self) -> Result<(), Problem> {
@@ -315,7 +319,8 @@ impl Registrar {
         Ok(WatcherKeys { ip, watcher_port })
     }
 
-    async fn set_watcher_keys(&self, id: &AgentId, keys_: &WatcherKeys) -> Result<(), Problem> {
+    /// Writes the keys in one etcd transaction; returns etcd's revision after it.
+    async fn set_watcher_keys(&self, id: &AgentId, keys_: &WatcherKeys) -> Result<i64, Problem> {
         let (ip_key, port_key) = (keys::agent_ip(id.as_str()), keys::agent_watcher_port(id.as_str()));
         let (mut puts, mut deletes) = (Vec::new(), Vec::new());
         for (key, value) in [(ip_key, &keys_.ip), (port_key, &keys_.watcher_port)] {
@@ -337,18 +342,21 @@ struct EtcdStep<'a> {
     after: &'a WatcherKeys,
     /// etcd was asked to take `after`: it may have, even if it did not answer.
     attempted: AtomicBool,
+    /// etcd's revision once it took `after` (0: not written).
+    revision: AtomicI64,
 }
 
 impl<'a> EtcdStep<'a> {
     fn new(registrar: &'a Registrar, id: &'a AgentId, before: &'a WatcherKeys, after: &'a WatcherKeys) -> Self {
-        Self { registrar, id, before, after, attempted: AtomicBool::new(false) }
+        Self { registrar, id, before, after, attempted: AtomicBool::new(false), revision: AtomicI64::new(0) }
     }
 
     /// Makes etcd's keys `after` (nothing to do when they already are).
     async fn run(&self) -> Result<(), Failure> {
         if self.after != self.before {
             self.attempted.store(true, Ordering::SeqCst);
-            self.registrar.set_watcher_keys(self.id, self.after).await?;
+            let revision = self.registrar.set_watcher_keys(self.id, self.after).await?;
+            self.revision.store(revision, Ordering::SeqCst);
         }
         Ok(())
     }
@@ -364,6 +372,12 @@ impl<'a> EtcdStep<'a> {
         let problem = match result {
             Ok(value) => {
                 *committed += 1;
+                let revision = self.revision.load(Ordering::SeqCst);
+                let directory = &self.registrar.directory;
+                if revision > 0 && !directory.caught_up(revision, CAUGHT_UP_WITHIN).await {
+                    tracing::warn!(agent.id = %self.id, revision,
+                        "the watcher directory has not seen the registry change yet; status may lag for a moment");
+                }
                 return Ok(value);
             }
             Err(Failure::Problem(p)) => p,
@@ -371,7 +385,7 @@ impl<'a> EtcdStep<'a> {
         };
         if self.attempted.load(Ordering::SeqCst) {
             match self.registrar.set_watcher_keys(self.id, self.before).await {
-                Ok(()) => tracing::warn!(agent.id = %self.id, error = %problem,
+                Ok(_) => tracing::warn!(agent.id = %self.id, error = %problem,
                     "the registry change did not commit; its etcd keys were put back"),
                 Err(e) => {
                     tracing::error!(agent.id = %self.id, error = %problem, compensation = %e,
@@ -399,7 +413,7 @@ impl Registrar {
                     return;
                 }
                 match registrar.set_watcher_keys(&id, &keys_).await {
-                    Ok(()) => {
+                    Ok(_) => {
                         tracing::info!(agent.id = %id, "etcd keys put back after the change that did not commit");
                         return;
                     }

@@ -120,7 +120,7 @@ impl Supervisor {
         directory: WatcherDirectory,
         settings: actors::ActorSettings,
     ) -> Self {
-        let registrar = Registrar::new(db.clone(), directory.etcd().clone());
+        let registrar = Registrar::new(db.clone(), directory.clone());
         Self { registry, agents, homes, db, directory, settings, registrar }
     }
 

@@ -62,12 +62,8 @@ async fn a_registered_agent_is_supervised_with_no_hand_written_etcd_key() {
     // Its actor exists at once, and status works through the keys the registration wrote.
     let actors = app.running.supervisor.registry().send(ListAgentActors).await.unwrap();
     assert!(actors.iter().any(|(id, _)| id.as_str() == "i-reg"));
-    assert!(
-        common::eventually(Duration::from_secs(3), || async {
-            app.get("/v1/agents/i-reg/watcher").await.1["watcher"]["agent-status"] == "active"
-        })
-        .await
-    );
+    let (status, body) = app.get("/v1/agents/i-reg/watcher").await;
+    assert_eq!((status, &body["watcher"]["agent-status"]), (200, &json!("active")), "{body}");
 
     // Registering again replaces the registration (not the status); the default port is used without one.
     let (status, body) =
@@ -90,10 +86,7 @@ async fn a_registered_agent_is_supervised_with_no_hand_written_etcd_key() {
     let r = row(&app, "i-reg").await.unwrap();
     assert_eq!((r.schedulable, r.addr.as_str(), r.region.as_str()), (false, "tcp://127.0.0.2:6001", "local"));
     assert_eq!(etcd_keys(&app, "i-reg").await, (Some("127.0.0.1".into()), Some(w.port().to_string())));
-    assert!(
-        common::eventually(Duration::from_secs(3), || async { app.get("/v1/agents/i-reg/watcher").await.0 == 200 })
-            .await
-    );
+    assert_eq!(app.get("/v1/agents/i-reg/watcher").await.0, 200);
 
     // DELETE: refused while a kernel occupies the agent; forced, the row and the keys go, the trail stays.
     app.add_running_kernels("i-reg", 1).await;

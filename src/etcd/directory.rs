@@ -75,6 +75,8 @@ struct Inner {
     misses: AtomicU64,
     resyncs: AtomicU64,
     task: OnceLock<tokio::task::AbortHandle>,
+    /// The etcd revision the mirror of `nodes/agents/` reflects (0 until loaded).
+    revision: tokio::sync::watch::Sender<i64>,
 }
 
 impl Drop for Inner {
@@ -113,11 +115,22 @@ impl WatcherDirectory {
             misses: AtomicU64::new(0),
             resyncs: AtomicU64::new(0),
             task: OnceLock::new(),
+            revision: tokio::sync::watch::Sender::new(0),
         });
         let weak = Arc::downgrade(&inner);
         let handle = tokio::spawn(async move { follow(weak).await });
         let _ = inner.task.set(handle.abort_handle());
         Self { inner }
+    }
+
+    /// Waits (at most `timeout`) until lookups see etcd as it was at `revision` or later: a writer's "read your
+    /// writes". True at once when the mirror is not in sync (lookups then read etcd itself); false on timeout.
+    pub async fn caught_up(&self, revision: i64, timeout: Duration) -> bool {
+        if !self.is_synced() {
+            return true;
+        }
+        let mut seen = self.inner.revision.subscribe();
+        matches!(tokio::time::timeout(timeout, seen.wait_for(|r| *r >= revision)).await, Ok(Ok(_)))
     }
 
     /// Waits until the mirror is loaded and watched (start-up and tests); false on timeout.
@@ -301,6 +314,7 @@ async fn load_and_watch(weak: &std::sync::Weak<Inner>, etcd: &Etcd) -> Result<()
         let Some(inner) = weak.upgrade() else { return Ok(()) };
         let mut s = inner.state.write().map_err(|_| EtcdError::Unavailable("directory lock poisoned".into()))?;
         *s = State { synced: true, nodes, etcd_token: token };
+        inner.revision.send_replace(revision);
         inner.resyncs.fetch_add(1, Ordering::Relaxed);
         tracing::info!(agents = s.nodes.len(), revision, "etcd watcher directory in sync");
     }
@@ -316,6 +330,7 @@ async fn load_and_watch(weak: &std::sync::Weak<Inner>, etcd: &Etcd) -> Result<()
         };
         let Some(inner) = weak.upgrade() else { return Ok(()) };
         let mut s = inner.state.write().map_err(|_| EtcdError::Unavailable("directory lock poisoned".into()))?;
+        let seen = resp.events.iter().map(|e| e.kv.mod_revision).max().unwrap_or(0);
         for event in resp.events {
             let full = String::from_utf8_lossy(&event.kv.key).into_owned();
             let Some(rel) = full.strip_prefix(etcd.prefix()) else { continue };
@@ -333,5 +348,13 @@ async fn load_and_watch(weak: &std::sync::Weak<Inner>, etcd: &Etcd) -> Result<()
                 }
             }
         }
+        drop(s);
+        inner.revision.send_if_modified(|r| {
+            let newer = seen > *r;
+            if newer {
+                *r = seen;
+            }
+            newer
+        });
     }
 }

@@ -152,7 +152,8 @@ impl Etcd {
     }
 
     /// Puts and deletes keys (relative to the namespace) in one etcd transaction: all of them happen, or none.
-    pub async fn apply(&self, puts: &[(String, String)], deletes: &[String]) -> Result<(), EtcdError> {
+    /// Returns the store's revision after the transaction.
+    pub async fn apply(&self, puts: &[(String, String)], deletes: &[String]) -> Result<i64, EtcdError> {
         let mut txn = TxnRequest::new();
         for (key, value) in puts {
             txn = txn.and_then(PutRequest::new(self.full_key(key), value.clone()));
@@ -160,8 +161,8 @@ impl Etcd {
         for key in deletes {
             txn = txn.and_then(DeleteRequest::new(KeyRange::key(self.full_key(key))));
         }
-        self.bounded("transaction", self.client.txn(txn)).await?;
-        Ok(())
+        let done = self.bounded("transaction", self.client.txn(txn)).await?;
+        Ok(done.header.revision())
     }
 
     /// Deletes every key under a relative prefix (`""` = the whole namespace).
