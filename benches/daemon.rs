@@ -847,7 +847,12 @@ async fn registration(rows: &mut Vec<Row>, setup: &Setup, client: &awc::Client, 
         .collect()
         .await;
     let all_answer = started.elapsed();
-    assert!(failures.is_empty(), "{} agents did not answer status; first: {:?}", failures.len(), failures.first());
+    assert!(
+        failures.is_empty(),
+        "{} agents did not answer status; first: {:?}",
+        failures.len(),
+        <[_]>::first(&failures)
+    );
     row(
         rows,
         format!("… until all {count} answer status through their actors ({parallel} in flight)"),
