@@ -806,6 +806,7 @@ async fn run(db_url: String) -> Vec<Row> {
 /// for its status through the daemon (each answer comes from its actor).
 async fn registration(rows: &mut Vec<Row>, setup: &Setup, client: &awc::Client, sims: &SimWatchers, parallel: usize) {
     let daemon = start_daemon(setup, "registry");
+    sims.close_connections();
     let count = sims.ports().len();
     let started = Instant::now();
     let mut latencies: Vec<f64> = futures_util::stream::iter(sims.ports().iter().enumerate())

@@ -17,6 +17,7 @@ use crate::{
     config::{Config, DatabaseMode},
     db::{self, Db, queries},
     etcd::{Etcd, WatcherDirectory},
+    ha::{self, Leadership},
     service::Supervisor,
     telemetry::{metrics::Metrics, systemd},
 };
@@ -75,10 +76,13 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
     if config.database.mode == DatabaseMode::BackendAi {
         check_backend_ai_schema(&db).await?;
     }
-    match async { queries::mark_open_events_interrupted(&mut *db.conn().await?).await }.await {
-        Ok(0) => {}
-        Ok(n) => tracing::warn!(count = n, "commands left open by a previous run are recorded as interrupted"),
-        Err(e) => tracing::warn!(error = %e, "could not check for interrupted commands"),
+    // With high availability the other replicas' commands may be running: a new leader marks those of older epochs.
+    if !config.ha.enabled {
+        match async { queries::mark_open_events_interrupted(&mut *db.conn().await?).await }.await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(count = n, "commands left open by a previous run are recorded as interrupted"),
+            Err(e) => tracing::warn!(error = %e, "could not check for interrupted commands"),
+        }
     }
 
     let etcd = Etcd::connect(&config.etcd).await?;
@@ -93,19 +97,26 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
     let settings = ActorSettings::from(config);
     let rpc = AgentRpc::new(&config.agent_rpc)?;
     let metrics = Metrics::new().map_err(|e| StartError::Metrics(e.to_string()))?;
+    let ha = Leadership::from_config(config, Some(metrics.clone()));
+    if ha.enabled() {
+        tracing::info!(replica_id = %ha.me().replica_id, url = %ha.me().url, lease_ttl_s = config.ha.lease_ttl_s,
+            "high availability: joining the election");
+    }
     let deps = Deps {
         db: db.clone(),
         directory: directory.clone(),
         rpc,
         metrics: metrics.clone(),
         settings: settings.clone(),
+        ha: ha.clone(),
     };
     let registry = RegistryActor::new(deps);
     let agents = registry.table();
     let homes = registry.homes();
     let registry = registry.start();
     let auth = Authenticator::new(db.clone(), config.api.clock_skew_s);
-    let supervisor = Supervisor::new(registry.clone(), agents, homes.clone(), db, directory.clone(), settings);
+    let supervisor =
+        Supervisor::new(registry.clone(), agents, homes.clone(), db.clone(), directory.clone(), settings, ha.clone());
     let state = AppState { supervisor: supervisor.clone(), metrics, metrics_token: config.metrics.token.clone(), auth };
 
     let addr = listener.local_addr()?;
@@ -117,8 +128,10 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
         worker_homes.register_current();
         App::new()
             .app_data(web::Data::new(api_state.clone()))
+            .app_data(web::Data::new(ha::forward::Forwarder::default()))
             .app_data(web::PayloadConfig::new(max_body))
             .app_data(api::body::BodyLimit(max_body))
+            .wrap(middleware::from_fn(ha::forward::forward_to_leader))
             .wrap(middleware::from_fn(api::body::limit_declared_body))
             .wrap(middleware::from_fn(api::trace_request))
             .configure(api::routes)
@@ -156,6 +169,7 @@ pub async fn start(config: &Config, listener: TcpListener) -> Result<Running, St
             "not every HTTP worker started in time; agent actors use the ones that did"
         );
     }
+    ha::election::spawn(ha.clone(), directory.etcd().clone(), db);
     match registry.send(LoadAgents).await {
         Ok(Ok(n)) => tracing::info!(agents = n, "agent actors started"),
         Ok(Err(e)) => tracing::warn!(error = %e, "agents not loaded at start-up; actors are created on first use"),
@@ -186,6 +200,8 @@ async fn check_backend_ai_schema(db: &Db) -> Result<(), StartError> {
     }
 }
 
+/// How long a stopping leader waits for its election task to give up the leader key.
+const RESIGN_WITHIN: Duration = Duration::from_secs(2);
 /// How long start-up waits for the HTTP workers (the agent actors' threads) before creating the actors.
 const WORKERS_START_WITHIN: Duration = Duration::from_secs(10);
 /// How often start-up looks whether every worker has registered.
@@ -217,11 +233,15 @@ pub fn serve(config: Config) -> Result<(), StartError> {
             async move { supervisor.actors_alive().await }
         });
         let stopper = handles.server.clone();
+        let leadership = handles.supervisor.leadership().clone();
         actix_rt::spawn(async move {
             let signal = systemd::stop_signal().await;
             tracing::info!(signal, "stopping: no new requests; waiting for in-flight commands");
             systemd::notify("STOPPING=1");
             stopper.stop(true).await;
+            // In-flight commands have recorded their end; a leader now hands over at once rather than after its
+            // lease expires.
+            leadership.resign(RESIGN_WITHIN).await;
         });
         server.await?;
         handles.supervisor.db().close();

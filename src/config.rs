@@ -40,7 +40,61 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub redis: RedisConfig,
     pub agents: AgentsConfig,
+    pub ha: HaConfig,
     pub log: LogConfig,
+}
+
+/// High availability (SPEC §11): several replicas on one PostgreSQL and etcd, one leader elected in etcd.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HaConfig {
+    pub enabled: bool,
+    /// This replica's name in the cluster [default: the host name and the API port, `host:8091`].
+    pub replica_id: Option<String>,
+    /// The URL other replicas forward requests to [default: `http://` + `api.listen`, with the host name when
+    /// listening on every address].
+    pub advertise_url: Option<String>,
+    /// The leader's etcd lease; a leader that cannot renew it steps down before it expires (2..=60).
+    pub lease_ttl_s: u64,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        Self { enabled: false, replica_id: None, advertise_url: None, lease_ttl_s: 5 }
+    }
+}
+
+impl HaConfig {
+    /// `ha.replica_id`, or the host name and the API port.
+    pub fn resolved_replica_id(&self, api_listen: &str) -> String {
+        match &self.replica_id {
+            Some(id) => id.clone(),
+            None => {
+                let port = api_listen.rsplit(':').next().unwrap_or("8091");
+                format!("{}:{port}", host_name())
+            }
+        }
+    }
+
+    /// `ha.advertise_url`, or `http://` + `api.listen` (the host name for an unspecified address).
+    pub fn resolved_advertise_url(&self, api_listen: &str) -> String {
+        if let Some(url) = &self.advertise_url {
+            return url.trim_end_matches('/').to_owned();
+        }
+        match api_listen.parse::<SocketAddr>() {
+            Ok(addr) if addr.ip().is_unspecified() => format!("http://{}:{}", host_name(), addr.port()),
+            _ => format!("http://{api_listen}"),
+        }
+    }
+}
+
+/// This machine's host name (`localhost` if it cannot be read).
+fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// Standalone mode's agent registry and liveness (SPEC §10).
@@ -312,6 +366,22 @@ impl Config {
             }
         }
         positive_ms("redis.timeout_ms", self.redis.timeout_ms)?;
+        if !(2..=60).contains(&self.ha.lease_ttl_s) {
+            return Err(ConfigError::invalid(
+                "ha.lease_ttl_s",
+                format!("must be 2..=60 seconds (etcd's shortest lease is about 2 s), got {}", self.ha.lease_ttl_s),
+            ));
+        }
+        if let Some(id) = &self.ha.replica_id
+            && (id.is_empty() || id.len() > 128 || id.contains('/') || id.chars().any(char::is_control))
+        {
+            return Err(ConfigError::invalid("ha.replica_id", "must be 1-128 printable characters without '/'"));
+        }
+        if let Some(url) = &self.ha.advertise_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::invalid("ha.advertise_url", format!("{url:?} must start with http://")));
+        }
         if !(1..=86_400).contains(&self.agents.lost_after_s) {
             return Err(ConfigError::invalid(
                 "agents.lost_after_s",
@@ -454,6 +524,7 @@ fn section_fields(section: &str) -> &'static [&'static str] {
         "database" => &["url", "mode", "own_schema", "max_connections", "connect_timeout_ms", "run_migrations"],
         "redis" => &["url", "timeout_ms"],
         "agents" => &["lost_after_s", "discover"],
+        "ha" => &["enabled", "replica_id", "advertise_url", "lease_ttl_s"],
         "etcd" => &["endpoints", "namespace", "user", "password", "timeout_ms"],
         "api" => &["listen", "max_body_bytes", "clock_skew_s", "shutdown_timeout_s", "workers"],
         "metrics" => &["listen", "token"],

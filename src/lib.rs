@@ -13,6 +13,7 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod etcd;
+pub mod ha;
 pub mod redis_stat;
 pub mod registration;
 pub mod service;

@@ -37,12 +37,14 @@ use crate::{
     db::{
         Db, DbError,
         agents::{self, AgentChanges, NewAgent},
+        fence::{self, Fence},
         models::{AgentRow, NewAgentEvent},
         queries, query_error,
     },
     domain::{AgentId, EventAction, EventOutcome, ResourceSlot},
     error::{ErrorCode, Problem},
     etcd::{Etcd, WatcherDirectory, keys},
+    ha::Leadership,
 };
 
 /// What a registry change left behind: the row, the watcher's address as etcd now has it, and the audit event.
@@ -74,6 +76,7 @@ pub struct Registrar {
     etcd: Etcd,
     /// The daemon's mirror of etcd: a change returns once lookups see it, so status works at once.
     directory: WatcherDirectory,
+    ha: Leadership,
     changes: Arc<AgentChangeLocks>,
 }
 
@@ -130,8 +133,8 @@ struct WatcherKeys {
 }
 
 impl Registrar {
-    pub fn new(db: Db, directory: WatcherDirectory) -> Self {
-        Self { db, etcd: directory.etcd().clone(), directory, changes: Arc::default() }
+    pub fn new(db: Db, directory: WatcherDirectory, ha: Leadership) -> Self {
+        Self { db, etcd: directory.etcd().clone(), directory, ha, changes: Arc::default() }
     }
 
     fn standalone_only(&self) -> Result<(), Problem> {
@@ -147,6 +150,7 @@ impl Registrar {
     /// `POST /v1/agents`: registers the agent, or replaces the registration of a registered one.
     pub async fn register(&self, body: &[u8], requester: &str) -> Result<RegisteredAgent, Problem> {
         self.standalone_only()?;
+        let fence = self.ha.fence()?;
         let req: RegisterAgent = parse_body(body)?;
         let id = AgentId::parse(&req.id).map_err(|e| Problem::invalid_field("id", e))?;
         let new = NewAgent {
@@ -191,7 +195,7 @@ impl Registrar {
                     "watcher_port": after.watcher_port,
                     "previous": previous.map(|p| json!({"addr": p.addr, "scaling_group": p.scaling_group})),
                 });
-                let event_id = audit(conn, &new.id, EventAction::Register, requester, detail).await?;
+                let event_id = audit(conn, fence, &new.id, EventAction::Register, requester, detail).await?;
                 step.run().await?;
                 Ok((row, created, event_id))
             })
@@ -204,6 +208,7 @@ impl Registrar {
     /// `PATCH /v1/agents/{id}`: changes some fields; the others stay.
     pub async fn update(&self, id: &AgentId, body: &[u8], requester: &str) -> Result<RegisteredAgent, Problem> {
         self.standalone_only()?;
+        let fence = self.ha.fence()?;
         let req: UpdateAgent = parse_body(body)?;
         let changes = AgentChanges {
             schedulable: req.schedulable,
@@ -261,7 +266,7 @@ impl Registrar {
                     "previous": {"schedulable": previous.schedulable, "scaling_group": previous.scaling_group,
                                  "addr": previous.addr},
                 });
-                let event_id = audit(conn, agent_id, EventAction::Update, requester, detail).await?;
+                let event_id = audit(conn, fence, agent_id, EventAction::Update, requester, detail).await?;
                 step.run().await?;
                 Ok((row, event_id))
             })
@@ -276,6 +281,7 @@ impl Registrar {
     /// `force`. The audit trail stays.
     pub async fn deregister(&self, id: &AgentId, force: bool, requester: &str) -> Result<DeregisteredAgent, Problem> {
         self.standalone_only()?;
+        let fence = self.ha.fence()?;
         let for_agent = |p: Problem| p.for_agent(id.as_str());
         let lock = self.changes.of(id);
         let mut committed = lock.lock().await;
@@ -302,7 +308,7 @@ impl Registrar {
                     .into());
                 }
                 let detail = json!({"force": force, "kernels_left": kernels});
-                let event_id = audit(conn, agent_id, EventAction::Deregister, requester, detail).await?;
+                let event_id = audit(conn, fence, agent_id, EventAction::Deregister, requester, detail).await?;
                 agents::delete_agent(conn, agent_id).await?;
                 step.run().await?;
                 Ok((kernels, event_id))
@@ -443,15 +449,21 @@ async fn ensure_scaling_group(conn: &mut AsyncPgConnection, group: &str, create:
     Ok(())
 }
 
+/// Writes the change's audit event, after checking (high availability) that this replica still leads.
 async fn audit(
     conn: &mut AsyncPgConnection,
+    fence: Fence,
     agent_id: &str,
     action: EventAction,
     requester: &str,
     detail: Value,
 ) -> Result<i64, Failure> {
+    if let Some(epoch) = fence {
+        fence::check_epoch(conn, epoch).await?;
+    }
     let now = Utc::now();
     let event = NewAgentEvent {
+        epoch: fence,
         agent_id: agent_id.to_owned(),
         action,
         requester: requester.to_owned(),

@@ -7,6 +7,7 @@ use actix::{Addr, MailboxError};
 use agent_supervisor_protocol::agents::UnregisteredAgent;
 use serde::{Deserialize, Serialize};
 
+use crate::ha::{ClusterView, Leadership};
 use crate::{
     actors::{
         self, AgentActor, AgentRegistered, AgentRemoved, AgentSnapshot, GetAgent, GetSnapshot, GetWatcherStatus,
@@ -93,6 +94,7 @@ pub struct Supervisor {
     directory: WatcherDirectory,
     settings: actors::ActorSettings,
     registrar: Registrar,
+    ha: Leadership,
 }
 
 /// What `/readyz` reports: each dependency's state, `None` when it is fine.
@@ -102,6 +104,8 @@ pub struct Readiness {
     pub database: Option<String>,
     pub etcd: Option<String>,
     pub actors: Option<String>,
+    /// This replica's role in the cluster (high availability; `standalone` without it).
+    pub ha: ClusterView,
 }
 
 fn mailbox(e: MailboxError) -> Problem {
@@ -119,9 +123,15 @@ impl Supervisor {
         db: Db,
         directory: WatcherDirectory,
         settings: actors::ActorSettings,
+        ha: Leadership,
     ) -> Self {
-        let registrar = Registrar::new(db.clone(), directory.clone());
-        Self { registry, agents, homes, db, directory, settings, registrar }
+        let registrar = Registrar::new(db.clone(), directory.clone(), ha.clone());
+        Self { registry, agents, homes, db, directory, settings, registrar, ha }
+    }
+
+    /// This replica's view of the election (high availability).
+    pub fn leadership(&self) -> &Leadership {
+        &self.ha
     }
 
     /// Checks the database (a query), etcd (the watched mirror, else a direct read) and the actor system.
@@ -142,7 +152,8 @@ impl Supervisor {
             self.directory.etcd().get(crate::etcd::keys::WATCHER_TOKEN).await.err().map(|e| e.to_string())
         };
         let actors = self.check_actors().await.err();
-        Readiness { ready: database.is_none() && etcd.is_none() && actors.is_none(), database, etcd, actors }
+        let ready = database.is_none() && etcd.is_none() && actors.is_none();
+        Readiness { ready, database, etcd, actors, ha: self.ha.view() }
     }
 
     /// Whether the actor system answers (the systemd watchdog's health check).

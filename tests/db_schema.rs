@@ -234,6 +234,7 @@ async fn every_table_round_trips_through_its_row_type() {
         outcome: EventOutcome::Succeeded,
         http_status: Some(200),
         detail: json!({"watcher": {"result": "ok"}}),
+        epoch: Some(42),
     };
     let template = ev.clone();
     let got = stored_event(&mut conn, &ev).await;

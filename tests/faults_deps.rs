@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
     procs::{PrivateEtcd, PrivatePostgres},
@@ -41,18 +41,14 @@ async fn etcd_stopped_mid_command_then_restarted_the_watch_resumes() {
     };
     assert_eq!(status, 200, "a command in flight is not disturbed by etcd stopping: {body}");
     assert!(common::eventually(Duration::from_secs(5), || async { !app.running.directory.is_synced() }).await);
-    let started = Instant::now();
+    // While etcd is away the agent keeps the address etcd last gave: commands still reach its watcher.
     let (status, body) = app.post("/v1/agents/i-etcd-mid/restart", None).await;
-    assert_eq!((status, body["error_code"].as_str()), (503, Some("etcd_unavailable")), "{body}");
-    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(status, 200, "{body}");
+    assert!(terminated(&log, 2, Duration::from_secs(5)).await, "the second restart did not reach the service");
     let (_, events) = app.get("/v1/agents/i-etcd-mid/events").await;
     let events = events["events"].as_array().unwrap();
-    assert_eq!(
-        (events[0]["outcome"].as_str(), events[0]["http_status"].as_i64()),
-        (Some("failed"), Some(503)),
-        "{events:?}"
-    );
-    assert_eq!(events[1]["outcome"], "succeeded");
+    let outcomes: Vec<&str> = events.iter().take(2).map(|e| e["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["succeeded", "succeeded"], "{events:?}");
 
     // etcd returns; the daemon re-syncs by itself and follows changes again through the watch: the node's watcher
     // moves to another port and the daemon finds it there.

@@ -174,10 +174,14 @@ async fn etcd_stopped_is_503_and_the_daemon_recovers_when_it_returns() {
     let _w = watched(&app, "i-etcd", &slow_service(&d.path().join("s.log"), "0"), &[]).await;
     assert_eq!(app.get("/resource/watcher?agent_id=i-etcd").await.0, 200);
 
+    app.add_agent("i-unmirrored").await;
     etcd.stop();
     assert!(common::eventually(Duration::from_secs(5), || async { !app.running.directory.is_synced() }).await);
-    let started = Instant::now();
+    // A known agent keeps its last address while etcd is away; one etcd never gave an address cannot be reached.
     let (status, body) = app.get("/resource/watcher?agent_id=i-etcd").await;
+    assert_eq!((status, body["agent-status"].as_str()), (200, Some("active")), "{body}");
+    let started = Instant::now();
+    let (status, body) = app.get("/resource/watcher?agent_id=i-unmirrored").await;
     assert_eq!((status, body["error_code"].as_str()), (503, Some("etcd_unavailable")), "{body}");
     assert!(started.elapsed() < Duration::from_secs(3));
     assert_eq!(app.get("/healthz").await.0, 200, "the daemon keeps running");

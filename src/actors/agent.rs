@@ -23,7 +23,7 @@ use super::{
 };
 use crate::{
     config::DatabaseMode,
-    db::{DbError, agents, models::NewAgentEvent, queries},
+    db::{DbError, agents, fence, models::NewAgentEvent, queries},
     domain::{AgentId, EventAction, EventOutcome},
     error::{ErrorCode, Problem},
     watcher::{self, AgentState, WatcherCommand, WatcherReply, precheck},
@@ -275,7 +275,11 @@ impl AgentActor {
         if self.deps.db.mode() == DatabaseMode::Standalone
             && let Some(t) = self.liveness.observe(&o, self.deps.settings.lost_after)
         {
-            self.write_liveness(t, ctx);
+            match self.deps.ha.fence() {
+                Ok(fence) => self.write_liveness(t, fence, ctx),
+                // A follower observes but does not write; the transition is decided again once it leads.
+                Err(_) => self.liveness.settled(t.to, Err(())),
+            }
         }
         let before = self.observed.as_ref().map(|p| (p.reachable, p.agent_status.clone()));
         let after = (o.reachable, o.agent_status.clone());
@@ -288,7 +292,13 @@ impl AgentActor {
                 from_status = ?before.1, to_status = ?after.1,
                 "watcher state changed"
             );
+            // Only the leader keeps the trail (a follower's observations serve its own status answers).
+            let Ok(fence) = self.deps.ha.fence() else {
+                self.observed = Some(o);
+                return;
+            };
             let event = NewAgentEvent {
+                epoch: fence,
                 agent_id: self.id.to_string(),
                 action: EventAction::Observe,
                 requester: "supervisor".into(),
@@ -305,7 +315,7 @@ impl AgentActor {
             };
             let db = self.deps.db.clone();
             actix::spawn(async move {
-                let stored = async { queries::insert_event(&mut *db.conn().await?, &event).await }.await;
+                let stored = fence::insert_event(&db, fence, &event).await;
                 if let Err(e) = stored {
                     tracing::warn!(error = %e, "could not record a watcher state change");
                 }
@@ -316,16 +326,20 @@ impl AgentActor {
 
     /// Writes a liveness transition (conditionally: only if the row still says `from`) with its audit event; a real
     /// change is logged and counted.
-    fn write_liveness(&mut self, t: Transition, ctx: &mut Context<Self>) {
+    fn write_liveness(&mut self, t: Transition, fence: fence::Fence, ctx: &mut Context<Self>) {
         let (id, db) = (self.id.clone(), self.deps.db.clone());
         let to = t.to;
         let fut = async move {
             let written = async {
                 let mut conn = db.conn().await?;
                 conn.transaction::<bool, DbError, _>(async |conn| {
+                    if let Some(epoch) = fence {
+                        fence::check_epoch(conn, epoch).await?;
+                    }
                     let changed = agents::transition_liveness(conn, id.as_str(), t.from, t.to, t.at).await?;
                     if changed {
                         let event = NewAgentEvent {
+                            epoch: fence,
                             agent_id: id.to_string(),
                             action: EventAction::Liveness,
                             requester: "supervisor".into(),
@@ -513,7 +527,17 @@ async fn execute(
 ) -> (Result<WatcherCommandResult, Problem>, Option<Observation>, CommandOutcome) {
     let started = Instant::now();
     let wc = command.watcher();
+    // Only the leader runs commands (high availability); `None` without it.
+    let fence = match deps.ha.fence() {
+        Ok(f) => f,
+        Err(p) => {
+            let p = p.for_agent(id.as_str());
+            let outcome = outcome_of(None, wc, &requester, EventOutcome::Rejected, p.status(), started);
+            return (Err(p), None, outcome);
+        }
+    };
     let event = NewAgentEvent {
+        epoch: fence,
         agent_id: id.to_string(),
         action: EventAction::of_command(wc),
         requester: requester.clone(),
@@ -524,8 +548,8 @@ async fn execute(
         http_status: None,
         detail: json!({"force": matches!(command, Command::Stop { force: true })}),
     };
-    // A command that cannot be audited is not run.
-    let event_id = match async { queries::insert_event(&mut *deps.db.conn().await?, &event).await }.await {
+    // A command that cannot be audited is not run; nor is one a newer leader's epoch has fenced off.
+    let event_id = match fence::insert_event(&deps.db, fence, &event).await {
         Ok(eid) => eid,
         Err(e) => {
             let p = Problem::from(e).for_agent(id.as_str());
@@ -535,6 +559,14 @@ async fn execute(
     };
 
     let (result, observation) = run_command(&id, &deps, command).await;
+    if let Err(p) = &result
+        && p.code == ErrorCode::NoLeader
+    {
+        // Deposed before the watcher was called: nothing ran. The row stays `running` until the new leader marks
+        // it `interrupted`; this replica may not write it any more.
+        let outcome = outcome_of(Some(event_id), wc, &requester, EventOutcome::Interrupted, p.status(), started);
+        return (Err(p.clone().for_agent(id.as_str()).with("event_id", event_id)), observation, outcome);
+    }
     let elapsed_ms = started.elapsed().as_millis() as u64;
     let (label, status, detail) = match &result {
         Ok(data) => (EventOutcome::Succeeded, 200u16, json!({"watcher": data, "elapsed_ms": elapsed_ms})),
@@ -551,11 +583,18 @@ async fn execute(
         }
     };
     tracing::info!(outcome = %label, http_status = status, elapsed_ms, "command finished");
-    let finished = Finished { event_id, label, status, detail, at: Utc::now() };
-    if let Err(e) = finished.record(&deps.db).await {
-        // The command ran; its row must not stay `running` (it would read as interrupted after a restart).
-        tracing::warn!(event_id, error = %e, "could not record the command's outcome; retrying in the background");
-        actix::spawn(record_outcome_later(deps.db.clone(), finished));
+    let finished = Finished { event_id, label, status, detail, at: Utc::now(), fence };
+    match finished.record(&deps.db).await {
+        Ok(()) => {}
+        Err(DbError::Fenced { .. }) => {
+            // A newer leader took over meanwhile: it marks this command `interrupted` (it cannot tell how it ended).
+            tracing::warn!(event_id, outcome = %label, "deposed while the command ran; the new leader records it as interrupted");
+        }
+        Err(e) => {
+            // The command ran; its row must not stay `running` (it would read as interrupted after a restart).
+            tracing::warn!(event_id, error = %e, "could not record the command's outcome; retrying in the background");
+            actix::spawn(record_outcome_later(deps.db.clone(), finished));
+        }
     }
     let outcome = outcome_of(Some(event_id), wc, &requester, label, status, started);
     let result = result
@@ -571,19 +610,20 @@ struct Finished {
     status: u16,
     detail: Value,
     at: DateTime<Utc>,
+    /// The epoch the command started under: only that leader may record how it ended.
+    fence: fence::Fence,
 }
 
 impl Finished {
     async fn record(&self, db: &crate::db::Db) -> Result<(), crate::db::DbError> {
-        queries::finish_event(
-            &mut *db.conn().await?,
-            self.event_id,
-            self.label,
-            Some(self.status as i16),
-            &self.detail,
-            self.at,
-        )
-        .await
+        let end = fence::EventEnd {
+            id: self.event_id,
+            outcome: self.label,
+            http_status: Some(self.status as i16),
+            detail: &self.detail,
+            finished_at: self.at,
+        };
+        fence::finish_event(db, self.fence, &end).await
     }
 }
 
@@ -597,6 +637,10 @@ async fn record_outcome_later(db: crate::db::Db, finished: Finished) {
         match finished.record(&db).await {
             Ok(()) => {
                 tracing::info!(event_id, outcome = %label, "recorded the command's outcome after the database returned");
+                return;
+            }
+            Err(DbError::Fenced { .. }) => {
+                tracing::warn!(event_id, outcome = %label, "deposed before the outcome could be recorded");
                 return;
             }
             Err(e) => tracing::debug!(event_id, error = %e, "the command's outcome is still not recorded"),
@@ -662,6 +706,10 @@ async fn run_command(id: &AgentId, deps: &Deps, command: Command) -> (Result<Val
                 Err(e) => return (Err(Problem::from(e)), observation),
             }
         }
+    }
+    // The last moment to find out this replica no longer leads: after this the command is sent.
+    if let Err(p) = deps.ha.fence() {
+        return (Err(p), observation);
     }
     let reply = call_watcher(id, deps, Some(command.watcher())).await;
     (reply.map(|r| r.body), observation)

@@ -20,7 +20,9 @@ pub use registry::{
 };
 pub use sync::{SyncAgentRegistry, SyncAgentRegistryResult};
 
-use crate::{agent_rpc::AgentRpc, config::Config, db::Db, etcd::WatcherDirectory, telemetry::metrics::Metrics};
+use crate::{
+    agent_rpc::AgentRpc, config::Config, db::Db, etcd::WatcherDirectory, ha::Leadership, telemetry::metrics::Metrics,
+};
 
 /// How many finished command outcomes each agent actor keeps in memory.
 pub const OUTCOMES_KEPT: usize = 20;
@@ -72,4 +74,6 @@ pub struct Deps {
     pub rpc: AgentRpc,
     pub metrics: Metrics,
     pub settings: ActorSettings,
+    /// High availability: whether (and under which epoch) this replica may write and act.
+    pub ha: Leadership,
 }

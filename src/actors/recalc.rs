@@ -78,10 +78,16 @@ impl RegistryActor {
         let deps = self.deps().clone();
         let fut = async move {
             let started = std::time::Instant::now();
-            let result = recalc::recalculate_usage(&deps.db, &RecalcOptions::default()).await;
+            // Only the leader recalculates (high availability); its epoch is checked in the transaction.
+            let fence = match deps.ha.fence() {
+                Ok(f) => f,
+                Err(p) => return Err(p),
+            };
+            let opts = RecalcOptions { fence, ..RecalcOptions::default() };
+            let result = recalc::recalculate_usage(&deps.db, &opts).await;
             let result = match result {
                 Ok(outcome) => Ok(write_concurrency(&deps, outcome).await),
-                Err(e) => Err(e),
+                Err(e) => Err(Problem::from(e)),
             };
             let metrics = &deps.metrics;
             metrics.recalc_duration.with_label_values(&[] as &[&str]).observe(started.elapsed().as_secs_f64());
@@ -90,7 +96,7 @@ impl RegistryActor {
         };
         let fut = tracing::Instrument::instrument(fut, tracing::info_span!("recalculate_usage", run));
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
-            let result = result.map(|report| RecalculateUsageResult { run, report }).map_err(Problem::from);
+            let result = result.map(|report| RecalculateUsageResult { run, report });
             match &result {
                 Ok(r) => tracing::info!(
                     run,

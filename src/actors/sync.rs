@@ -9,6 +9,7 @@ use serde_json::json;
 use super::{Deps, RegistryActor};
 use crate::{
     db::{
+        fence,
         models::{AgentRow, NewAgentEvent},
         queries,
     },
@@ -50,6 +51,8 @@ async fn sync(deps: Deps, msg: SyncAgentRegistry) -> Result<SyncAgentRegistryRes
     let id = msg.agent_id;
     let for_agent = |p: Problem| p.for_agent(id.as_str());
     let requested_at = Utc::now();
+    // Only the leader syncs (high availability).
+    let fence = deps.ha.fence().map_err(for_agent)?;
     let (agent, kernels) = {
         let mut conn = deps.db.conn().await.map_err(|e| for_agent(e.into()))?;
         // Unlike Backend.AI, the agent's existence is checked before any RPC.
@@ -72,6 +75,8 @@ async fn sync(deps: Deps, msg: SyncAgentRegistry) -> Result<SyncAgentRegistryRes
         })
         .collect();
     let pairs: Vec<(uuid::Uuid, uuid::Uuid)> = kernels.iter().map(|k| (k.id, k.session_id)).collect();
+    // Still the leader, as PostgreSQL records it, right before the agent is told anything.
+    fence::still_leading(&deps.db, fence).await.map_err(|e| for_agent(e.into()))?;
     let rpc = if pairs.is_empty() {
         Ok(())
     } else {
@@ -86,6 +91,7 @@ async fn sync(deps: Deps, msg: SyncAgentRegistry) -> Result<SyncAgentRegistryRes
     };
     tracing::info!(outcome = %outcome, kernels = pairs.len(), warnings = warnings.len(), "sync finished");
     let event = NewAgentEvent {
+        epoch: fence,
         agent_id: id.to_string(),
         action: EventAction::Sync,
         requester: msg.requester,
@@ -96,7 +102,7 @@ async fn sync(deps: Deps, msg: SyncAgentRegistry) -> Result<SyncAgentRegistryRes
         http_status: Some(status as i16),
         detail,
     };
-    if let Err(e) = async { queries::insert_event(&mut *deps.db.conn().await?, &event).await }.await {
+    if let Err(e) = fence::insert_event(&deps.db, fence, &event).await {
         tracing::warn!(error = %e, "could not record the sync");
     }
     rpc.map_err(for_agent)?;

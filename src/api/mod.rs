@@ -53,6 +53,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/readyz").get(health::readyz))
         .service(resource("/metrics").get(health::metrics))
         .service(resource("/v1/whoami").get(v1::whoami))
+        .service(resource("/v1/cluster").get(v1::cluster))
         .service(resource("/v1/agents").get(v1::list_agents).post(v1::register))
         .service(resource("/v1/agents/{id}").get(v1::get_agent).patch(v1::update_agent).delete(v1::deregister))
         .service(resource("/v1/agents/{id}/watcher").get(v1::watcher_status))

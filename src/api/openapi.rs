@@ -252,6 +252,7 @@ impl Modify for OptionalBodies {
         super::v1::list_agents,
         super::v1::register,
         super::v1::get_agent,
+        super::v1::cluster,
         super::v1::update_agent,
         super::v1::deregister,
         super::v1::watcher_status,

@@ -148,6 +148,21 @@ pub async fn whoami(who: Authenticated) -> HttpResponse {
     HttpResponse::Ok().json(WhoAmI { access_key: who.0.name, is_superadmin: who.0.is_superadmin })
 }
 
+/// This replica's role in the cluster (high availability): role, epoch, the leader, the replicas. Answered by the
+/// replica asked, never forwarded.
+#[utoipa::path(get, path = "/v1/cluster", tag = "v1", operation_id = "cluster",
+    responses(
+        (status = 200, description = "The cluster as this replica sees it", body = crate::ha::ClusterView),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+    ),
+    security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
+pub async fn cluster(_who: Superadmin, req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    query_pairs(req.query_string(), &[])?;
+    Ok(HttpResponse::Ok().json(state.supervisor.leadership().view()))
+}
+
 /// Every agent with the supervision state its actor holds (no watcher round trips), or with `refresh=true` after
 /// asking every listed watcher (at most `watcher.refresh_concurrency` at a time).
 #[utoipa::path(get, path = "/v1/agents", tag = "v1", operation_id = "list_agents",

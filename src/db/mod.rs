@@ -4,6 +4,7 @@
 
 pub mod agents;
 pub mod backendai;
+pub mod fence;
 pub mod keypairs;
 pub mod models;
 pub mod queries;
@@ -44,6 +45,9 @@ pub enum DbError {
     Query(#[from] diesel::result::Error),
     #[error("migration failed: {0}")]
     Migration(String),
+    /// High availability: the stored leader epoch is not the writer's, so the writer is no longer the leader.
+    #[error("this replica's leadership (epoch {ours}) has ended; the stored epoch is {}", stored.map_or("none".to_owned(), |s| s.to_string()))]
+    Fenced { ours: i64, stored: Option<i64> },
 }
 
 impl DbError {
@@ -82,6 +86,7 @@ impl From<DbError> for Problem {
         match e {
             DbError::Unavailable(_) => Problem::new(ErrorCode::DatabaseUnavailable, e.to_string()),
             DbError::Query(_) | DbError::Migration(_) => Problem::new(ErrorCode::InternalError, e.to_string()),
+            DbError::Fenced { .. } => Problem::new(ErrorCode::NoLeader, e.to_string()).with("retry_after_s", 1),
         }
     }
 }

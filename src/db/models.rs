@@ -121,6 +121,8 @@ pub struct AgentEventRow {
     pub outcome: EventOutcome,
     pub http_status: Option<i16>,
     pub detail: serde_json::Value,
+    /// The leader epoch the event was written under (high availability), else null.
+    pub epoch: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Insertable)]
@@ -135,6 +137,7 @@ pub struct NewAgentEvent {
     pub outcome: EventOutcome,
     pub http_status: Option<i16>,
     pub detail: serde_json::Value,
+    pub epoch: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Queryable, Selectable, Insertable)]

@@ -45,11 +45,18 @@ pub struct RecalcOptions {
     pub initial_backoff: Duration,
     /// Upper bound of one pause.
     pub max_backoff: Duration,
+    /// High availability: the leader epoch the transaction must still hold (see [`super::fence`]).
+    pub fence: super::fence::Fence,
 }
 
 impl Default for RecalcOptions {
     fn default() -> Self {
-        Self { max_attempts: 10, initial_backoff: Duration::from_millis(20), max_backoff: Duration::from_secs(2) }
+        Self {
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_secs(2),
+            fence: None,
+        }
     }
 }
 
@@ -113,7 +120,12 @@ pub async fn recalculate_usage(db: &Db, opts: &RecalcOptions) -> Result<RecalcOu
         let result = conn
             .build_transaction()
             .serializable()
-            .run(async |conn: &mut AsyncPgConnection| recalc_once(conn, mode).await)
+            .run(async |conn: &mut AsyncPgConnection| {
+                if let Some(epoch) = opts.fence {
+                    super::fence::check_epoch(conn, epoch).await?;
+                }
+                recalc_once(conn, mode).await
+            })
             .await;
         match result {
             Ok(mut outcome) => {

@@ -32,6 +32,7 @@ diesel::table! {
         outcome -> EventOutcome,
         http_status -> Nullable<Int2>,
         detail -> Jsonb,
+        epoch -> Nullable<Int8>,
     }
 }
 
@@ -65,6 +66,16 @@ diesel::table! {
         architecture -> Varchar,
         compute_plugins -> Jsonb,
         auto_terminate_abusing_kernel -> Bool,
+    }
+}
+
+diesel::table! {
+    ha_leader (singleton) {
+        singleton -> Bool,
+        epoch -> Int8,
+        replica_id -> Text,
+        url -> Text,
+        since -> Timestamptz,
     }
 }
 
@@ -173,6 +184,7 @@ diesel::joinable!(kernels -> sessions (session_id));
 diesel::allow_tables_to_appear_in_same_query!(
     agent_events,
     agents,
+    ha_leader,
     kernels,
     keypair_resource_usage,
     keypairs,

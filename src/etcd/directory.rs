@@ -2,8 +2,10 @@
 //!
 //! A background task loads `nodes/agents/` and `config/watcher/token`, then follows them with etcd watches from the
 //! next revision, so steady-state lookups never leave the process. While the watch is broken (etcd restarting, a
-//! network cut) the mirror cannot be vouched for: lookups go to etcd directly, bounded by the etcd timeout, and fail
-//! with `etcd_unavailable` if it does not answer. The task re-reads everything and re-watches once etcd is back.
+//! network cut) the mirror cannot be vouched for: lookups go to etcd directly, bounded by the etcd timeout. If etcd
+//! does not answer, an agent the mirror knew keeps its last address (so the status of known agents is still served
+//! while etcd is away); an agent it never had fails with `etcd_unavailable`. The task re-reads everything and
+//! re-watches once etcd is back.
 
 use std::{
     collections::HashMap,
@@ -62,6 +64,8 @@ struct Node {
 #[derive(Default)]
 struct State {
     synced: bool,
+    /// The mirror was loaded at least once: while etcd is away its last contents stand in for etcd.
+    loaded: bool,
     nodes: HashMap<String, Node>,
     etcd_token: Option<String>,
 }
@@ -204,17 +208,35 @@ impl WatcherDirectory {
             }
             None => {
                 self.inner.misses.fetch_add(1, Ordering::Relaxed);
-                let (kvs, _) = self.inner.etcd.get_prefix(&format!("{}{}/", keys::AGENTS_PREFIX, agent)).await?;
-                let mut node = Node::default();
-                for (key, value) in kvs {
-                    if let Some((_, field)) = keys::parse_agent_key(&key) {
-                        apply_field(&mut node, field, Some(value));
+                match self.inner.etcd.get_prefix(&format!("{}{}/", keys::AGENTS_PREFIX, agent)).await {
+                    Ok((kvs, _)) => {
+                        let mut node = Node::default();
+                        for (key, value) in kvs {
+                            if let Some((_, field)) = keys::parse_agent_key(&key) {
+                                apply_field(&mut node, field, Some(value));
+                            }
+                        }
+                        node
                     }
+                    // etcd is away: the address the mirror last had (a known agent's status is still served).
+                    Err(e @ EtcdError::Unavailable(_)) => match self.last_known(agent) {
+                        Some(node) => node,
+                        None => return Err(e),
+                    },
+                    Err(e) => return Err(e),
                 }
-                node
             }
         };
         self.resolve(agent, &node)
+    }
+
+    /// The mirror's last entry for `agent`, if the mirror was ever loaded and had one.
+    fn last_known(&self, agent: &AgentId) -> Option<Node> {
+        let s = self.inner.state.read().ok()?;
+        if !s.loaded {
+            return None;
+        }
+        s.nodes.get(agent.as_str()).cloned()
     }
 
     fn resolve(&self, agent: &AgentId, node: &Node) -> Result<WatcherAddress, EtcdError> {
@@ -251,10 +273,18 @@ impl WatcherDirectory {
     /// The token for `X-BackendAI-Watcher-Token`: etcd `config/watcher/token`, else the configured one, else
     /// `insecure`.
     pub async fn watcher_token(&self) -> Result<Secret, EtcdError> {
-        let cached = self.inner.state.read().ok().and_then(|s| s.synced.then(|| s.etcd_token.clone()));
+        let (cached, last) = match self.inner.state.read() {
+            Ok(s) => (s.synced.then(|| s.etcd_token.clone()), s.loaded.then(|| s.etcd_token.clone())),
+            Err(_) => (None, None),
+        };
         let from_etcd = match cached {
             Some(token) => token,
-            None => self.inner.etcd.get(keys::WATCHER_TOKEN).await?,
+            None => match (self.inner.etcd.get(keys::WATCHER_TOKEN).await, last) {
+                (Ok(token), _) => token,
+                // etcd is away: the token the mirror last had.
+                (Err(EtcdError::Unavailable(_)), Some(token)) => token,
+                (Err(e), _) => return Err(e),
+            },
         };
         Ok(match from_etcd.filter(|t| !t.is_empty()) {
             Some(t) => Secret::new(t),
@@ -313,7 +343,7 @@ async fn load_and_watch(weak: &std::sync::Weak<Inner>, etcd: &Etcd) -> Result<()
     {
         let Some(inner) = weak.upgrade() else { return Ok(()) };
         let mut s = inner.state.write().map_err(|_| EtcdError::Unavailable("directory lock poisoned".into()))?;
-        *s = State { synced: true, nodes, etcd_token: token };
+        *s = State { synced: true, loaded: true, nodes, etcd_token: token };
         inner.revision.send_replace(revision);
         inner.resyncs.fetch_add(1, Ordering::Relaxed);
         tracing::info!(agents = s.nodes.len(), revision, "etcd watcher directory in sync");

@@ -27,6 +27,10 @@ pub struct Metrics {
     pub agents: IntGauge,
     pub redis_writes: IntCounterVec,
     pub liveness_transitions: IntCounterVec,
+    /// 1 while this replica leads (high availability), else 0.
+    pub is_leader: IntGauge,
+    pub leader_changes: prometheus::IntCounter,
+    pub forwarded_requests: IntCounterVec,
 }
 
 impl Metrics {
@@ -92,6 +96,16 @@ impl Metrics {
             &["to"],
         )?;
         registry.register(Box::new(liveness_transitions.clone()))?;
+        let is_leader = IntGauge::new("is_leader", "1 while this replica is the leader (high availability)")?;
+        let leader_changes =
+            prometheus::IntCounter::new("leader_changes_total", "Leaders this replica has seen come and go")?;
+        let forwarded_requests = IntCounterVec::new(
+            Opts::new("forwarded_requests_total", "Requests a follower forwarded to the leader, by outcome"),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(is_leader.clone()))?;
+        registry.register(Box::new(leader_changes.clone()))?;
+        registry.register(Box::new(forwarded_requests.clone()))?;
         Ok(Self {
             registry,
             http_requests,
@@ -107,6 +121,9 @@ impl Metrics {
             agents,
             redis_writes,
             liveness_transitions,
+            is_leader,
+            leader_changes,
+            forwarded_requests,
         })
     }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod backendai;
+pub mod cluster;
 pub mod procs;
 pub mod supervisor;
 pub mod watcher;

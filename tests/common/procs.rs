@@ -45,6 +45,22 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
     false
 }
 
+/// A blocking `GET` (HTTP/1.0) with extra headers; the whole answer, head and body ("" if nothing answered).
+pub fn http_get(port: u16, path: &str, headers: &[(&str, &str)]) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut head = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let _ = s.write_all(head.as_bytes());
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+}
+
 /// Waits until etcd's `/health` says it has a leader and serves requests.
 fn wait_healthy(port: u16, timeout: Duration) -> bool {
     use std::io::{Read, Write};
@@ -285,6 +301,12 @@ impl TcpProxy {
     pub fn start(admin_url: &str) -> Self {
         let hostport =
             admin_url.split('@').nth(1).and_then(|r| r.split('/').next()).unwrap_or("127.0.0.1:5432").to_owned();
+        Self::to(&hostport)
+    }
+
+    /// A proxy to `host:port` (an etcd endpoint's, say).
+    pub fn to(hostport: &str) -> Self {
+        let hostport = hostport.to_owned();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let state = std::sync::Arc::new(std::sync::Mutex::new(ProxyState { up: true, epoch: 0 }));
@@ -364,6 +386,16 @@ impl TcpProxy {
 /// A blocking HTTP/1.0 request to a daemon on 127.0.0.1:`port`, signed with `(access_key, secret_key)` when given
 /// (as the official client signs); for daemons running as separate processes. Returns the status and JSON body.
 pub fn http_signed(port: u16, method: &str, path: &str, keys: Option<(&str, &str)>) -> (u16, serde_json::Value) {
+    try_http_signed(port, method, path, keys).unwrap_or_else(|e| panic!("{method} {path} on {port}: {e}"))
+}
+
+/// As [`http_signed`], but a connection failure (nothing listening, a reset) is an `Err`, not a panic.
+pub fn try_http_signed(
+    port: u16,
+    method: &str,
+    path: &str,
+    keys: Option<(&str, &str)>,
+) -> std::io::Result<(u16, serde_json::Value)> {
     use agent_supervisor::auth::signing::{OutgoingRequest, sign_request};
     use std::io::{Read, Write};
     let host = format!("127.0.0.1:{port}");
@@ -382,12 +414,15 @@ pub fn http_signed(port: u16, method: &str, path: &str, keys: Option<(&str, &str
         head.push_str(&format!("Date: {}\r\nAuthorization: {}\r\n", signed.date, signed.authorization));
     }
     head.push_str("\r\n");
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect to {port}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    s.write_all(head.as_bytes()).unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    s.write_all(head.as_bytes())?;
     let mut raw = String::new();
-    let _ = s.read_to_string(&mut raw);
+    s.read_to_string(&mut raw)?;
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
     let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, serde_json::from_str(body).unwrap_or(serde_json::Value::String(body.to_owned())))
+    if status == 0 {
+        return Err(std::io::Error::other(format!("no HTTP answer: {raw:?}")));
+    }
+    Ok((status, serde_json::from_str(body).unwrap_or(serde_json::Value::String(body.to_owned()))))
 }

@@ -42,6 +42,8 @@ struct Shared {
     /// Commands that arrived while another one ran on the same port.
     overlaps: AtomicU64,
     requests: AtomicU64,
+    /// Answer every request with `Connection: close` (see [`SimWatchers::close_connections`]).
+    close_all: std::sync::atomic::AtomicBool,
 }
 
 /// A set of simulated watchers; dropping it stops them.
@@ -74,6 +76,7 @@ impl SimWatchers {
                 .collect(),
             overlaps: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            close_all: std::sync::atomic::AtomicBool::new(false),
         });
         let threads = threads.max(1);
         let mut chunks: Vec<Vec<StdListener>> = (0..threads).map(|_| Vec::new()).collect();
@@ -106,6 +109,12 @@ impl SimWatchers {
             }));
         }
         Self { ports, shared, stops, threads: handles }
+    }
+
+    /// From now on, close each connection after one answer: with thousands of watchers in this one process, the
+    /// daemon's idle keep-alive connections would otherwise hold one descriptor here per watcher.
+    pub fn close_connections(&self) {
+        self.shared.close_all.store(true, Ordering::Relaxed);
     }
 
     pub fn ports(&self) -> &[u16] {
@@ -182,14 +191,14 @@ async fn serve_connection(mut stream: tokio::net::TcpStream, port: u16, shared: 
         let method = first.next().unwrap_or("").to_owned();
         let path = first.next().unwrap_or("").to_owned();
         let mut token_ok = false;
-        let mut close = false;
+        let mut close = shared.close_all.load(Ordering::Relaxed);
         let mut content_length = 0usize;
         for line in lines {
             let Some((k, v)) = line.split_once(':') else { continue };
             let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
             match k.as_str() {
                 "x-backendai-watcher-token" => token_ok = v == shared.token,
-                "connection" => close = v.eq_ignore_ascii_case("close"),
+                "connection" => close |= v.eq_ignore_ascii_case("close"),
                 "content-length" => content_length = v.parse().unwrap_or(0),
                 _ => {}
             }

@@ -17,6 +17,11 @@ impl ResponseError for Problem {
         if self.status() >= 500 {
             tracing::warn!(error_code = self.code.as_str(), agent.id = ?self.agent_id, detail = %self.detail, "request failed");
         }
-        HttpResponse::build(self.status_code()).content_type(PROBLEM_JSON).body(self.to_json().to_string())
+        let mut response = HttpResponse::build(self.status_code());
+        // A problem that says when to come back (`no_leader`) says it in `Retry-After` too.
+        if let Some(secs) = self.extra.get("retry_after_s").and_then(serde_json::Value::as_u64) {
+            response.insert_header(("Retry-After", secs.to_string()));
+        }
+        response.content_type(PROBLEM_JSON).body(self.to_json().to_string())
     }
 }

@@ -36,6 +36,7 @@ pub enum ErrorCode {
     AgentRpcTimeout,
     ManagedByBackendAi,
     ScalingGroupNotFound,
+    NoLeader,
 }
 
 impl ErrorCode {
@@ -68,6 +69,7 @@ impl ErrorCode {
         Self::AgentRpcTimeout,
         Self::ManagedByBackendAi,
         Self::ScalingGroupNotFound,
+        Self::NoLeader,
     ];
 
     /// The snake_case name sent as `error_code`.
@@ -101,6 +103,7 @@ impl ErrorCode {
             Self::AgentRpcTimeout => "agent_rpc_timeout",
             Self::ManagedByBackendAi => "managed_by_backend_ai",
             Self::ScalingGroupNotFound => "scaling_group_not_found",
+            Self::NoLeader => "no_leader",
         }
     }
 
@@ -124,7 +127,7 @@ impl ErrorCode {
             | Self::WatcherNotRegistered
             | Self::AgentRpcUnavailable
             | Self::AgentRpcFailed => 502,
-            Self::DatabaseUnavailable | Self::EtcdUnavailable | Self::ShuttingDown => 503,
+            Self::DatabaseUnavailable | Self::EtcdUnavailable | Self::ShuttingDown | Self::NoLeader => 503,
             Self::WatcherTimeout | Self::AgentRpcTimeout => 504,
         }
     }
@@ -160,6 +163,7 @@ impl ErrorCode {
             Self::AgentRpcTimeout => "The agent's RPC call timed out.",
             Self::ManagedByBackendAi => "Agents are managed by Backend.AI here.",
             Self::ScalingGroupNotFound => "No such scaling group.",
+            Self::NoLeader => "No leader is elected.",
         }
     }
 

@@ -63,10 +63,15 @@ async fn status(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(state.commander.backend().status().await)
 }
 
+/// Runs the command in a task of its own: a client that goes away (a supervisor that died, a timeout) does not
+/// cancel a start, stop or restart half-way; it completes and is logged as any other.
 async fn run(state: web::Data<AppState>, command: Command) -> HttpResponse {
-    match state.commander.run(command).await {
-        Ok(()) => HttpResponse::Ok().json(CommandOk::ok()),
-        Err(p) => problem_response(&p),
+    let state = state.into_inner();
+    let done = actix_web::rt::spawn(async move { state.commander.run(command).await }).await;
+    match done {
+        Ok(Ok(())) => HttpResponse::Ok().json(CommandOk::ok()),
+        Ok(Err(p)) => problem_response(&p),
+        Err(e) => problem_response(&Problem::new(ErrorCode::InternalError, format!("the command's task failed: {e}"))),
     }
 }
 

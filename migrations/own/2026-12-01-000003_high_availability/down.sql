@@ -1,0 +1,2 @@
+ALTER TABLE agent_events DROP COLUMN epoch;
+DROP TABLE ha_leader;
