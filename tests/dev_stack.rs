@@ -67,8 +67,13 @@ fn collect(stream: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
 
 impl Dev {
     fn start(dir: &Path, ports: Ports) -> Self {
+        Self::start_with(dir, ports, &[])
+    }
+
+    fn start_with(dir: &Path, ports: Ports, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_agent-supervisor"))
             .arg("dev")
+            .args(extra)
             .arg("--data-dir")
             .arg(dir)
             .args(["--port", &ports.api.to_string(), "--pg-port", &ports.pg.to_string()])
@@ -319,5 +324,48 @@ fn a_port_in_use_is_named_with_its_flag_before_anything_starts() {
         assert!(err.contains("already in use"), "{err}");
         assert!(!dir.path().join("pg").join("data").exists(), "nothing may be created before the port check");
         assert_nothing_left(dir.path(), &[]);
+    }
+}
+
+/// A free port whose next `n - 1` ports are free too (for `--replicas`).
+fn free_run(n: u16) -> u16 {
+    loop {
+        let p = free_port();
+        if p < u16::MAX - n && (1..n).all(|i| TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+            return p;
+        }
+    }
+}
+
+#[test]
+fn dev_with_three_replicas_elects_one_leader_and_every_replica_serves_commands() {
+    let dir = data_dir();
+    let ports = Ports { api: free_run(3), ..Ports::free() };
+    let mut dev = Dev::start_with(dir.path(), ports, &["--replicas", "3", "--agents", "2"]);
+    let out = dev.wait_ready(ports);
+    let keys = (banner_value(&out, "access key "), banner_value(&out, "secret key "));
+    let endpoints: Vec<u16> = (0..3).map(|i| ports.api + i).collect();
+    assert!(out.contains(&format!("agentctl --endpoint http://127.0.0.1:{},", ports.api)), "{out}");
+
+    let views: Vec<Value> = endpoints.iter().map(|p| http("GET", *p, "/v1/cluster", &keys).1).collect();
+    let leaders: Vec<&Value> = views.iter().filter(|v| v["role"] == "leader").collect();
+    assert_eq!(leaders.len(), 1, "{views:?}");
+    let epoch = &leaders[0]["epoch"];
+    assert!(views.iter().all(|v| &v["epoch"] == epoch), "{views:?}");
+    // The watchers registered through whichever replica they were given; every replica runs commands (the
+    // followers forward them) and answers status.
+    for (n, port) in endpoints.iter().enumerate() {
+        let agent = format!("i-dev-{}", n % 2 + 1);
+        let (status, body) = http("POST", *port, &format!("/v1/agents/{agent}/restart"), &keys);
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = http("GET", *port, &format!("/v1/agents/{agent}/watcher"), &keys);
+        assert_eq!((status, &body["watcher"]["agent-status"]), (200, &Value::from("active")), "{body}");
+    }
+    let (_, agents) = http("GET", ports.api, "/v1/agents", &keys);
+    assert_eq!(agents["agents"][0]["occupied_slots"]["cpu"], "6", "{agents}");
+    dev.interrupt();
+    assert!(dev.output().contains("stopping 2 daemon replica(s)"), "{}", dev.output());
+    for port in endpoints {
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "a replica still listens on {port}");
     }
 }

@@ -135,6 +135,25 @@ fn three_replicas_elect_one_leader_and_run_commands_from_any_of_them_once_in_ord
         let (status, body) = r.call("GET", "/v1/agents/i-ha/watcher").unwrap();
         assert_eq!((status, &body["watcher"]["agent-status"]), (200, &Value::from("active")));
     }
+    // agentctl with every replica's address, the first of them dead: it goes on to the next.
+    let endpoints = format!(
+        "http://127.0.0.1:{},{}",
+        common::procs::free_port(),
+        replicas.iter().map(|r| format!("http://127.0.0.1:{}", r.port)).collect::<Vec<_>>().join(",")
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agentctl"))
+        .args(["--endpoint", &endpoints, "--access-key", &f.spec.creds.0, "--secret-key", &f.spec.creds.1])
+        .args(["cluster"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let expected = format!(
+        "leader {} at http://127.0.0.1:{} (epoch {}); asked r1 (",
+        replicas[leader].id, replicas[leader].port, view["epoch"]
+    );
+    assert!(stdout.starts_with(&expected), "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| l.ends_with("follower")).count(), 2, "{stdout}");
     let follower = &replicas[(leader + 1) % 3];
     let metrics = common::procs::http_get(follower.port, "/metrics", &[("Authorization", "Bearer metrics-token")]);
     assert!(metrics.contains("agent_supervisor_forwarded_requests_total{outcome=\"ok\"} 2"), "{metrics}");

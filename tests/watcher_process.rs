@@ -257,3 +257,39 @@ fn the_agents_output_goes_to_the_log_file() {
     let text = std::fs::read_to_string(w.agent_log_path()).unwrap();
     assert!(text.contains("to-stdout") && text.contains("to-stderr"), "{text}");
 }
+
+/// A supervisor that dies (or times out) while its restart runs must not leave the agent stopped: the watcher
+/// finishes the command without a client to answer.
+#[test]
+fn a_command_whose_client_goes_away_still_completes() {
+    use std::io::Write;
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("service.log");
+    let cmd = common::watcher::slow_service(&log, "1");
+    let w = common::watcher::running_watcher(TOKEN, &cmd, &[]);
+    let starts =
+        || std::fs::read_to_string(&log).unwrap_or_default().lines().filter(|l| l.starts_with("start")).count();
+    assert_eq!(starts(), 1);
+
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", w.port())).unwrap();
+    let request = format!(
+        "POST /agent/restart HTTP/1.1\r\nHost: 127.0.0.1\r\nX-BackendAI-Watcher-Token: {TOKEN}\r\nContent-Length: 0\r\n\r\n"
+    );
+    client.write_all(request.as_bytes()).unwrap();
+    // The service got its SIGTERM: the restart is under way. The client goes away.
+    let term = common::watcher::term_signals(&log);
+    let deadline = Instant::now() + SECS(10);
+    while std::fs::read_to_string(&term).map_or(0, |t| t.lines().count()) < 1 {
+        assert!(Instant::now() < deadline, "the restart never reached the service");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(client);
+
+    assert!(w.wait_for_status("active", SECS(10)), "the agent was left stopped");
+    let deadline = Instant::now() + SECS(10);
+    while !w.log().contains("command done") || starts() < 2 {
+        assert!(Instant::now() < deadline, "the restart did not complete:\n{}", w.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(starts(), 2, "started again exactly once");
+}

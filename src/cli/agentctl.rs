@@ -39,7 +39,8 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// The daemon's admin API [default: http://127.0.0.1:8091].
+    /// The daemon's admin API [default: http://127.0.0.1:8091]; several replicas' separated by commas
+    /// (`http://a:8091,http://b:8091`): the next is tried when one cannot be connected to.
     #[arg(long, global = true, env = "BACKEND_ENDPOINT")]
     pub endpoint: Option<String>,
     /// Access key of a keypair (superadmin for everything but `sync` and `whoami`).
@@ -98,6 +99,8 @@ pub enum Command {
     },
     /// Show which keypair the daemon sees (checks the credentials).
     Whoami,
+    /// The replicas of a highly available daemon: who leads, under which epoch.
+    Cluster,
 }
 
 #[derive(Debug, Args)]
@@ -260,6 +263,7 @@ async fn run(client: &Client, command: Command, json_out: bool) -> Result<(), Ct
             bulk::run(client, &plan(Verb::Restart, bulk, CommandOpts::default()), json_out).await
         }
         Command::Whoami => whoami(client, json_out).await,
+        Command::Cluster => cluster(client, json_out).await,
     }
 }
 
@@ -518,5 +522,39 @@ async fn whoami(client: &Client, json_out: bool) -> Result<(), CtlError> {
         let role = if r.is_superadmin { "superadmin" } else { "not superadmin" };
         println!("{} ({role}) at {}", r.access_key, client.endpoint());
     }
+    Ok(())
+}
+
+async fn cluster(client: &Client, json_out: bool) -> Result<(), CtlError> {
+    let view: crate::ha::ClusterView = client.get("/v1/cluster").await.map_err(|e| fail(e, json_out))?;
+    if json_out {
+        print_json(&view);
+        return Ok(());
+    }
+    if !view.enabled {
+        println!("high availability is off: {} is the only daemon", client.endpoint());
+        return Ok(());
+    }
+    match &view.leader {
+        Some(l) => println!(
+            "leader {} at {} (epoch {}); asked {} ({})",
+            l.replica_id,
+            l.url,
+            l.epoch,
+            view.replica_id,
+            view.role.as_str()
+        ),
+        None => println!("no leader elected; asked {} ({})", view.replica_id, view.role.as_str()),
+    }
+    let mut table = Table::new(&["REPLICA", "URL", "ROLE"]);
+    for r in &view.replicas {
+        let role = match &view.leader {
+            Some(l) if l.replica_id == r.replica_id => "leader",
+            Some(_) => "follower",
+            None => "candidate",
+        };
+        table.row(vec![r.replica_id.clone(), r.url.clone(), role.to_owned()]);
+    }
+    print!("{}", table.render());
     Ok(())
 }

@@ -59,6 +59,9 @@ const AGENT_SLOTS: &[(&str, &str)] = &[("cpu", "16"), ("mem", "68719476736"), ("
 const WATCHER_STOP_TIMEOUT: Duration = Duration::from_secs(20);
 const AGENT_STOP_TIMEOUT_MS: u64 = 5_000;
 const ETCD_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+const REPLICA_STOP_TIMEOUT: Duration = Duration::from_secs(35);
+/// How long start-up waits for the replicas to elect a leader.
+const ELECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often start-up looks again whether etcd and each watcher are up, and how long one look may take.
 const START_POLL: Duration = Duration::from_millis(100);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -85,6 +88,17 @@ pub struct DevArgs {
     /// Number of local agents (i-dev-1, i-dev-2, ...), each a stand-in under its own agent-watcher.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=9))]
     pub agents: u8,
+    /// Daemon replicas with high availability (ha.enabled): the first in this process on --port, the others as
+    /// `agent-supervisor serve` processes on the next ports. 1 runs a single daemon without it.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub replicas: u8,
+}
+
+impl DevArgs {
+    /// The API ports of the replicas, the in-process one first.
+    fn replica_ports(&self) -> Vec<u16> {
+        (0..u16::from(self.replicas)).map(|i| self.port.wrapping_add(i)).collect()
+    }
 }
 
 /// Why the dev stack could not start (or stop); every message names what failed.
@@ -257,12 +271,19 @@ struct Stack {
     postgres: Option<(PathBuf, u32)>,
     etcd: Option<Owned>,
     watchers: Vec<Owned>,
+    /// `agent-supervisor serve` replicas (`--replicas`).
+    replicas: Vec<Owned>,
 }
 
 impl Stack {
     /// Stops, in reverse order of starting, the watchers (which stop their agents), etcd and PostgreSQL. The daemon
     /// has stopped before (see [`serve_until_signal`]).
     async fn stop(&mut self, tools: &Tools) {
+        if !self.replicas.is_empty() {
+            eprintln!("stopping {} daemon replica(s)", self.replicas.len());
+            let replicas = std::mem::take(&mut self.replicas);
+            futures_util::future::join_all(replicas.into_iter().map(|r| terminate(r, REPLICA_STOP_TIMEOUT))).await;
+        }
         if !self.watchers.is_empty() {
             eprintln!("stopping {} agent-watcher(s) and their agents", self.watchers.len());
             let watchers = std::mem::take(&mut self.watchers);
@@ -394,6 +415,9 @@ fn check_ports(args: &DevArgs) -> Result<TcpListener, DevError> {
         })
     };
     let listener = bind(args.port, "the daemon's HTTP API", "--port")?;
+    for port in args.replica_ports().into_iter().skip(1) {
+        drop(bind(port, "a daemon replica's HTTP API", "--port (replicas use the ports after it)")?);
+    }
     for (port, what, flag) in [
         (args.pg_port, "PostgreSQL", "--pg-port"),
         (args.etcd_port, "etcd clients", "--etcd-port"),
@@ -480,10 +504,28 @@ async fn bring_up(
     config.watcher.token = Some(token.clone());
     // A small cluster: probe often so `agentctl agents` shows fresh watcher state within seconds.
     config.watcher.probe_interval_s = 5;
+    if args.replicas > 1 {
+        config.ha.enabled = true;
+        config.ha.replica_id = Some("dev-1".to_owned());
+        config.ha.advertise_url = Some(format!("http://127.0.0.1:{}", args.port));
+    }
     config.validate().map_err(|e| failed("the daemon's configuration", e.to_string()))?;
     init_daemon_log(&config, &layout.log("daemon.log"))?;
     let (server, handles) = app::start(&config, listener).await?.split();
     eprintln!("the daemon serves on 127.0.0.1:{}", args.port);
+    if args.replicas > 1 {
+        let started = start_replicas(args, tools, layout, &config, stack);
+        let elected = match started {
+            Ok(()) => wait_elected(&handles, stack, &shutdown).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = elected {
+            handles.server.stop(true).await;
+            let _ = server.await;
+            handles.supervisor.db().close();
+            return Err(e);
+        }
+    }
 
     let enrolled = enroll_agents(args, tools, layout, &agents, &kernels, &keypair, &token, stack, &shutdown).await;
     let enrolled = match enrolled {
@@ -496,14 +538,91 @@ async fn bring_up(
         handles.supervisor.db().close();
         return Err(e);
     }
-    // The seeded kernels now occupy their agents: the daemon's own recalculation says so.
-    let requester = "agent-supervisor dev".to_owned();
-    if let Err(p) = handles.supervisor.recalculate_usage(crate::service::RecalculateUsageAction { requester }).await {
-        eprintln!("agent-supervisor dev: recalculating usage after seeding: {p}");
+    // The seeded kernels now occupy their agents: the daemon's own recalculation says so (through the API, so that
+    // with replicas the leader runs it).
+    if let Err(e) = recalculate(args, &keypair).await {
+        eprintln!("agent-supervisor dev: recalculating usage after seeding: {e}");
     }
 
     print_banner(args, layout, &keypair, &agents, stack, created, started.elapsed());
     Ok((server, handles))
+}
+
+/// Starts the other replicas (`--replicas`) as `agent-supervisor serve` processes with the in-process daemon's
+/// configuration, each on its own port and with its own log.
+fn start_replicas(
+    args: &DevArgs,
+    tools: &Tools,
+    layout: &Layout,
+    config: &Config,
+    stack: &mut Stack,
+) -> Result<(), DevError> {
+    let ports = args.replica_ports();
+    eprintln!("starting {} more daemon replica(s) on ports {:?}", ports.len() - 1, &ports[1..]);
+    for (n, port) in (2..).zip(ports.into_iter().skip(1)) {
+        let name = format!("dev-{n}");
+        let (out, err) = log_stdio(&layout.log(&format!("daemon-{name}.log")))?;
+        let mut cmd = tokio::process::Command::new(&tools.exe);
+        for (var, _) in std::env::vars_os() {
+            if var.to_string_lossy().starts_with(crate::config::ENV_PREFIX) {
+                cmd.env_remove(var);
+            }
+        }
+        let env = |key: &str| format!("{}{key}", crate::config::ENV_PREFIX);
+        cmd.arg("serve")
+            .env(env("DATABASE_URL"), config.database.url.expose())
+            .env(env("DATABASE_RUN_MIGRATIONS"), "false")
+            .env(env("ETCD_ENDPOINTS"), config.etcd.endpoints.join(","))
+            .env(env("ETCD_NAMESPACE"), &config.etcd.namespace)
+            .env(env("API_LISTEN"), format!("127.0.0.1:{port}"))
+            .env(env("WATCHER_PROBE_INTERVAL_S"), config.watcher.probe_interval_s.to_string())
+            .env(env("HA_ENABLED"), "true")
+            .env(env("HA_REPLICA_ID"), &name)
+            .env(env("HA_ADVERTISE_URL"), format!("http://127.0.0.1:{port}"))
+            .env(env("LOG_FORMAT"), "json");
+        if let Some(token) = &config.watcher.token {
+            cmd.env(env("WATCHER_TOKEN"), token.expose());
+        }
+        cmd.env("NO_COLOR", "1").stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+        die_with_parent(&mut cmd, libc::SIGTERM);
+        let child = cmd.spawn().map_err(io_err(format!("cannot start replica {name}")))?;
+        stack.replicas.push(Owned { name: format!("agent-supervisor replica {name}"), child });
+    }
+    Ok(())
+}
+
+/// Waits until the replicas have elected a leader (any replica may be it).
+async fn wait_elected(handles: &app::Handles, stack: &mut Stack, shutdown: &Shutdown) -> Result<(), DevError> {
+    let deadline = Instant::now() + ELECTION_TIMEOUT;
+    loop {
+        shutdown.check()?;
+        if let Some(leader) = handles.supervisor.leadership().view().leader {
+            eprintln!("replica {} leads (epoch {})", leader.replica_id, leader.epoch);
+            return Ok(());
+        }
+        for r in &mut stack.replicas {
+            if let Ok(Some(status)) = r.child.try_wait() {
+                return Err(failed(format!("starting {}", r.name), format!("it exited ({status})")));
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(failed("electing a leader", format!("no leader within {} s", ELECTION_TIMEOUT.as_secs())));
+        }
+        tokio::time::sleep(START_POLL).await;
+    }
+}
+
+/// `POST /v1/usage/recalculate` on the in-process replica, signed with the stack's keypair.
+async fn recalculate(args: &DevArgs, keypair: &DevKeypair) -> Result<(), String> {
+    use agent_supervisor_common::api_client::{Client, Settings};
+    let client = Client::new(Settings {
+        endpoint: format!("http://127.0.0.1:{}", args.port),
+        access_key: keypair.access_key.clone(),
+        secret_key: keypair.secret_key.clone(),
+        timeout: Duration::from_secs(60),
+    })
+    .map_err(|e| e.to_string())?;
+    client.post::<serde_json::Value>("/v1/usage/recalculate").await.map(|_| ()).map_err(|e| e.to_string())
 }
 
 /// Starts one watcher per agent, registering its node with the daemon, and waits until every agent is active and
@@ -1199,6 +1318,20 @@ fn print_banner(
     for (agent, w) in agents_.iter().zip(&stack.watchers) {
         pids.push(format!("agent-watcher[{}]={}", agent.id, w.child.id().unwrap_or(0)));
     }
+    for (n, r) in (2..).zip(&stack.replicas) {
+        pids.push(format!("replica[dev-{n}]={}", r.child.id().unwrap_or(0)));
+    }
+    let endpoints: Vec<String> = args.replica_ports().iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
+    let replicas = if args.replicas > 1 {
+        format!(
+            "\n  replicas    {} (high availability; the leader runs commands, the others forward)\n              \
+             agentctl --endpoint {} cluster",
+            endpoints.join(" "),
+            endpoints.join(",")
+        )
+    } else {
+        String::new()
+    };
     let watchers: Vec<String> =
         agents_.iter().map(|a| format!("{} (watcher :{}, rpc :{})", a.id, a.watcher_port, a.rpc_port)).collect();
     let how = if created { "new data directory" } else { "reused data directory" };
@@ -1207,7 +1340,7 @@ fn print_banner(
     let _ = writeln!(
         out,
         "\nagent-supervisor dev is up at {url} ({how}, ready in {:.1} s)\n\
-         \n  data        {root}\n  PostgreSQL  postgres://postgres@127.0.0.1:{pg}/{DB_NAME}\n  etcd        http://127.0.0.1:{etcd} (namespace {NAMESPACE})\n  agents      {agents}\n  keypair     access key {ak}\n              secret key {sk}\n              (superadmin of this local stack only; the same on every run)\n\
+         \n  data        {root}\n  PostgreSQL  postgres://postgres@127.0.0.1:{pg}/{DB_NAME}\n  etcd        http://127.0.0.1:{etcd} (namespace {NAMESPACE})\n  agents      {agents}{replicas}\n  keypair     access key {ak}\n              secret key {sk}\n              (superadmin of this local stack only; the same on every run)\n\
          \nTry:\n  export PATH=\"{bin}:$PATH\"\n  export BACKEND_ENDPOINT={url} BACKEND_ACCESS_KEY={ak} BACKEND_SECRET_KEY={sk}\n  agentctl agents\n  agentctl watcher restart i-dev-1\n  curl {url}/healthz\n\
          \n  (The admin API requires requests signed with the keypair above, as the official backend.ai client and\n  agentctl do; plain curl reaches only /, /healthz and /readyz.)\n\
          \nLogs: {logs}/ (daemon.log, postgres.log, etcd.log, watcher-i-dev-N.log, agent-i-dev-N.log)\nProcesses: {pids}\nCtrl-C stops everything.",
@@ -1246,6 +1379,7 @@ mod tests {
             etcd_port: 0,
             etcd_peer_port: Some(0),
             agents: 3,
+            replicas: 1,
         };
         let msg = check_ports(&args).err().unwrap().to_string();
         assert!(msg.contains(&port.to_string()) && msg.contains("--pg-port"), "{msg}");

@@ -65,6 +65,17 @@ pub enum Role {
     Candidate,
 }
 
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Standalone => "standalone",
+            Self::Leader => "leader",
+            Self::Follower => "follower",
+            Self::Candidate => "candidate",
+        }
+    }
+}
+
 /// `GET /v1/cluster` and the `ha` member of `/readyz`.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterView {

@@ -96,21 +96,30 @@ impl std::fmt::Debug for Settings {
     }
 }
 
-/// A signing client for one daemon. Not `Send` (awc); make it on the thread that uses it.
+/// A signing client for one daemon, or for the replicas of one (`http://a:8091,http://b:8091`: a request goes to
+/// the next endpoint when one cannot be connected to; nothing was sent then, so trying the next is safe). Not `Send`
+/// (awc); make it on the thread that uses it.
 pub struct Client {
     http: awc::Client,
+    targets: Vec<Target>,
+    /// The target that answered last (tried first next time).
+    current: std::cell::Cell<usize>,
+    settings: Settings,
+}
+
+/// One endpoint.
+struct Target {
     /// `scheme://authority`, without a trailing slash.
     base: String,
     /// The `Host` header sent and signed.
     host: String,
     /// A path prefix of the endpoint (`/api` in `http://gw/api`), or empty.
     prefix: String,
-    settings: Settings,
 }
 
-impl Client {
-    pub fn new(settings: Settings) -> Result<Self, ApiError> {
-        let raw = settings.endpoint.trim().trim_end_matches('/');
+impl Target {
+    fn parse(raw: &str) -> Result<Self, ApiError> {
+        let raw = raw.trim().trim_end_matches('/');
         let bad = |why: &str| ApiError::Usage(format!("BACKEND_ENDPOINT / --endpoint {raw:?} {why}"));
         let uri: Uri = raw.parse().map_err(|_| bad("is not a URL"))?;
         let scheme = uri.scheme_str().ok_or_else(|| bad("needs a scheme (http://HOST:PORT)"))?;
@@ -122,13 +131,33 @@ impl Client {
             return Err(bad("must not have a query"));
         }
         let prefix = uri.path().trim_end_matches('/').to_owned();
-        let http = awc::Client::builder().timeout(settings.timeout).disable_redirects().finish();
-        Ok(Self { http, base: format!("{scheme}://{host}"), host, prefix, settings })
+        Ok(Self { base: format!("{scheme}://{host}"), host, prefix })
     }
 
-    /// `scheme://authority[/prefix]` as given, for messages.
-    pub fn endpoint(&self) -> String {
+    fn endpoint(&self) -> String {
         format!("{}{}", self.base, self.prefix)
+    }
+}
+
+impl Client {
+    /// `settings.endpoint` is one URL or several separated by commas.
+    pub fn new(settings: Settings) -> Result<Self, ApiError> {
+        let targets = settings
+            .endpoint
+            .split(',')
+            .filter(|e| !e.trim().is_empty())
+            .map(Target::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        if targets.is_empty() {
+            return Err(ApiError::Usage("BACKEND_ENDPOINT / --endpoint is empty".to_owned()));
+        }
+        let http = awc::Client::builder().timeout(settings.timeout).disable_redirects().finish();
+        Ok(Self { http, targets, current: std::cell::Cell::new(0), settings })
+    }
+
+    /// `scheme://authority[/prefix]` of the endpoint in use, for messages.
+    pub fn endpoint(&self) -> String {
+        self.targets[self.current.get() % self.targets.len()].endpoint()
     }
 
     /// `GET`, the answer read into `T` (the struct the daemon wrote it from).
@@ -158,19 +187,42 @@ impl Client {
         self.send(method, path_and_query, Some(bytes)).await
     }
 
+    /// Sends to the endpoint that answered last, then to the next ones while they cannot be connected to.
     async fn send<T: DeserializeOwned>(
         &self,
         method: Method,
         path_and_query: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T, ApiError> {
-        let rel_url = format!("{}{path_and_query}", self.prefix);
-        let url = format!("{}{rel_url}", self.base);
+        let first = self.current.get();
+        let mut last = None;
+        for k in 0..self.targets.len() {
+            let i = (first + k) % self.targets.len();
+            match self.send_to(&self.targets[i], method.clone(), path_and_query, body.clone()).await {
+                Err(e @ ApiError::Connect { .. }) => last = Some(e),
+                answered => {
+                    self.current.set(i);
+                    return answered;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| ApiError::Usage("no endpoint".to_owned())))
+    }
+
+    async fn send_to<T: DeserializeOwned>(
+        &self,
+        target: &Target,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ApiError> {
+        let rel_url = format!("{}{path_and_query}", target.prefix);
+        let url = format!("{}{rel_url}", target.base);
         let content_type = if body.is_some() { JSON_CONTENT_TYPE } else { EMPTY_BODY_CONTENT_TYPE };
         let out = signing::OutgoingRequest {
             method: method.as_str(),
             rel_url: &rel_url,
-            host: &self.host,
+            host: &target.host,
             content_type,
             api_version: API_VERSION,
         };
@@ -180,7 +232,7 @@ impl Client {
         let req = self
             .http
             .request(method, &url)
-            .insert_header(("Host", self.host.as_str()))
+            .insert_header(("Host", target.host.as_str()))
             .insert_header(("Content-Type", content_type))
             .insert_header(("X-BackendAI-Version", API_VERSION))
             .insert_header(("Date", signed.date))
@@ -189,7 +241,7 @@ impl Client {
             Some(bytes) => req.send_body(bytes).await,
             None => req.send().await,
         };
-        let mut resp = sent.map_err(|e| self.send_error(&url, e))?;
+        let mut resp = sent.map_err(|e| self.send_error(target, &url, e))?;
         let status = resp.status().as_u16();
         let bytes = resp
             .body()
@@ -222,12 +274,15 @@ impl Client {
         }
     }
 
-    fn send_error(&self, url: &str, e: SendRequestError) -> ApiError {
+    /// A failure to connect (nothing was sent: the next endpoint may be tried) is [`ApiError::Connect`]; a failure
+    /// after the request may have gone out is not.
+    fn send_error(&self, target: &Target, url: &str, e: SendRequestError) -> ApiError {
         let url = url.to_owned();
         let reason = match e {
-            SendRequestError::Timeout | SendRequestError::Connect(ConnectError::Timeout) => {
+            SendRequestError::Timeout => {
                 return ApiError::Timeout { url, secs: self.settings.timeout.as_secs_f64() };
             }
+            SendRequestError::Connect(ConnectError::Timeout) => "no connection within the timeout".to_owned(),
             SendRequestError::Connect(ConnectError::Io(io)) => match io.kind() {
                 std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
                 _ => io.to_string(),
@@ -237,9 +292,10 @@ impl Client {
             SendRequestError::Connect(ConnectError::SslIsNotSupported) => {
                 "https is not supported by this build; use http://".to_owned()
             }
-            other => other.to_string(),
+            SendRequestError::Connect(other) => other.to_string(),
+            other => return ApiError::BadResponse { url, reason: other.to_string() },
         };
-        ApiError::Connect { url: self.endpoint(), reason }
+        ApiError::Connect { url: target.endpoint(), reason }
     }
 }
 
