@@ -54,6 +54,35 @@ fn children_cpu_us() -> f64 {
     us(ru.ru_utime) + us(ru.ru_stime)
 }
 
+/// User plus system CPU time of this process so far, in µs.
+fn own_cpu_us() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let us = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+    us(ru.ru_utime) + us(ru.ru_stime)
+}
+
+/// `n` status calls through the daemon's own watcher client (`watcher::get_status`, what an agent actor runs per
+/// call), `concurrency` at a time, against the watcher on `port`: this process's CPU per call and calls per second.
+async fn watcher_call_cpu(port: u16, concurrency: usize, n: usize) -> (f64, f64) {
+    use agent_supervisor::{config::Secret, etcd::WatcherAddress, watcher::get_status};
+    let addr = WatcherAddress { host: "127.0.0.1".into(), port };
+    let token = Secret::new(TOKEN);
+    let run = |count: usize| {
+        let (addr, token) = (&addr, &token);
+        futures_util::stream::iter(0..count)
+            .map(move |_| async move { get_status(addr, token, Duration::from_secs(5)).await.is_ok() })
+            .buffer_unordered(concurrency)
+            .filter(|ok| std::future::ready(!*ok))
+            .count()
+    };
+    assert_eq!(run(500).await, 0, "warm-up calls failed");
+    let (cpu, started) = (own_cpu_us(), Instant::now());
+    assert_eq!(run(n).await, 0, "status calls failed");
+    ((own_cpu_us() - cpu) / n as f64, n as f64 / started.elapsed().as_secs_f64())
+}
+
 /// User plus system CPU time of a process so far, in µs (`/proc/PID/stat`, in clock ticks of `_SC_CLK_TCK`).
 fn cpu_us(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -214,6 +243,16 @@ async fn run(db_url: String) -> Vec<Row> {
         );
         assert_eq!(check, 200, "the precomputed signed request is not accepted");
         let both = [daemon.pid(), watcher.pid()];
+        // The call alone: the daemon's watcher client, in this process, with no HTTP server in front.
+        for c in [1usize, 8] {
+            let (per_call, calls_per_s) = watcher_call_cpu(port, c, 20_000).await;
+            row(
+                &mut rows,
+                format!("CPU per watcher status call (the daemon's client alone, concurrency {c})"),
+                format!("{per_call:.1} µs ({calls_per_s:.0} calls/s)"),
+                "—",
+            );
+        }
         let direct = run_wrk(
             "direct: GET / on agent-watcher",
             &format!("http://127.0.0.1:{port}/"),

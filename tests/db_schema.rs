@@ -53,7 +53,7 @@ const CLUSTER_TABLES: [&str; 7] = [
     "scaling_groups",
     "sessions",
 ];
-const OWN_TABLES: [&str; 2] = ["__diesel_schema_migrations", "agent_events"];
+const OWN_TABLES: [&str; 3] = ["__diesel_schema_migrations", "agent_events", "ha_leader"];
 
 #[tokio::test]
 async fn migrations_apply_on_an_empty_database_and_are_reversible() {
