@@ -305,15 +305,30 @@ struct UntouchedAgent {
 }
 
 /// Backend.AI mode: distinct occupying sessions per access key (23.09's meaning; see the module comment). A session
-/// with both kinds of kernels counts in both.
+/// with both kinds of kernels counts in both. The kernels are first reduced to one row per session (which kinds of
+/// kernel it has) by a parallel aggregate, then joined with the sessions: a `count(DISTINCT …)` over the kernel rows
+/// joined with their sessions would sort a million rows, and the planner does not parallelize the per-session
+/// aggregate on its own (see [`BACKEND_AI_CONCURRENCY_TUNE_SQL`]).
 const BACKEND_AI_CONCURRENCY_SQL: &str = "\
+WITH per_session AS MATERIALIZED (
+    SELECT session_id,
+           bool_or(role IS DISTINCT FROM 'SYSTEM') AS compute,
+           bool_or(role = 'SYSTEM') AS sftp
+    FROM kernels
+    GROUP BY session_id
+)
 SELECT s.access_key::text AS access_key,
-       count(DISTINCT s.id) FILTER (WHERE k.role::text IS DISTINCT FROM 'SYSTEM') AS compute_n,
-       count(DISTINCT s.id) FILTER (WHERE k.role::text = 'SYSTEM') AS sftp_n
-FROM sessions s
-JOIN kernels k ON k.session_id = s.id
+       count(*) FILTER (WHERE p.compute) AS compute_n,
+       count(*) FILTER (WHERE p.sftp) AS sftp_n
+FROM per_session p
+JOIN sessions s ON s.id = p.session_id
 WHERE s.status::text NOT IN ('PENDING', 'TERMINATING', 'TERMINATED', 'CANCELLED') AND s.access_key IS NOT NULL
 GROUP BY s.access_key";
+
+/// The per-session aggregate has about a third as many groups as rows, which the planner's default costs judge too
+/// many to share among workers; on Backend.AI's wide `kernels` rows the shared scan is what pays.
+const BACKEND_AI_CONCURRENCY_TUNE_SQL: &[&str] =
+    &["SET LOCAL parallel_setup_cost = 0", "SET LOCAL parallel_tuple_cost = 0"];
 
 #[derive(QueryableByName)]
 struct SessionCounts {
@@ -383,6 +398,9 @@ async fn recalc_once(conn: &mut AsyncPgConnection, mode: DatabaseMode) -> Result
             (count(keys.upserted + keys.zeroed), count(keys.zeroed), None)
         }
         DatabaseMode::BackendAi => {
+            for sql in BACKEND_AI_CONCURRENCY_TUNE_SQL {
+                diesel::sql_query(*sql).execute(conn).await.map_err(query_error)?;
+            }
             let rows =
                 diesel::sql_query(BACKEND_AI_CONCURRENCY_SQL).load::<SessionCounts>(conn).await.map_err(query_error)?;
             let mut counts = ConcurrencyCounts::default();
