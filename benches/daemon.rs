@@ -63,16 +63,19 @@ fn own_cpu_us() -> f64 {
     us(ru.ru_utime) + us(ru.ru_stime)
 }
 
-/// `n` status calls through the daemon's own watcher client (`watcher::get_status`, what an agent actor runs per
-/// call), `concurrency` at a time, against the watcher on `port`: this process's CPU per call and calls per second.
+/// `n` status calls through the daemon's own watcher client (`watcher::get_status` on a resolved endpoint, what an
+/// agent actor runs per call), `concurrency` at a time, against the watcher on `port`: this process's CPU per call and calls per second.
 async fn watcher_call_cpu(port: u16, concurrency: usize, n: usize) -> (f64, f64) {
-    use agent_supervisor::{config::Secret, etcd::WatcherAddress, watcher::get_status};
-    let addr = WatcherAddress { host: "127.0.0.1".into(), port };
-    let token = Secret::new(TOKEN);
+    use agent_supervisor::{
+        config::Secret,
+        etcd::WatcherAddress,
+        watcher::{Endpoint, get_status},
+    };
+    let endpoint = Endpoint::new(&WatcherAddress { host: "127.0.0.1".into(), port }, &Secret::new(TOKEN)).unwrap();
     let run = |count: usize| {
-        let (addr, token) = (&addr, &token);
+        let endpoint = &endpoint;
         futures_util::stream::iter(0..count)
-            .map(move |_| async move { get_status(addr, token, Duration::from_secs(5)).await.is_ok() })
+            .map(move |_| async move { get_status(endpoint, Duration::from_secs(5)).await.is_ok() })
             .buffer_unordered(concurrency)
             .filter(|ok| std::future::ready(!*ok))
             .count()

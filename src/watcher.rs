@@ -7,7 +7,10 @@
 use std::{cell::RefCell, time::Duration};
 
 use actix_web::web::Bytes;
-use awc::error::{ConnectError, SendRequestError};
+use awc::{
+    error::{ConnectError, SendRequestError},
+    http::{Uri, header::HeaderValue},
+};
 use serde_json::Value;
 
 use crate::{
@@ -85,102 +88,140 @@ fn client() -> awc::Client {
     })
 }
 
-/// A successful watcher answer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WatcherReply {
-    pub status: u16,
-    pub body: Value,
-    /// The body as the watcher sent it (a JSON object: `body` is its parse).
-    pub raw: Bytes,
+/// Where one watcher is and how to authenticate to it, prepared once: the status URL and the token header are
+/// parsed and checked when the address is resolved, not on every call.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `http://host:port` (no trailing slash), for messages and command paths.
+    base: String,
+    status_uri: Uri,
+    token: HeaderValue,
 }
 
-impl WatcherReply {
-    /// The `agent-status` of a status answer, in the protocol's words (`None` if the watcher sent none).
-    pub fn agent_state(&self) -> Option<AgentState> {
-        self.body.get("agent-status").and_then(Value::as_str).map(AgentState::parse)
+impl Endpoint {
+    pub fn new(addr: &WatcherAddress, token: &Secret) -> Result<Self, WatcherError> {
+        let base = addr.base_url().trim_end_matches('/').to_owned();
+        let bad = |reason: String| WatcherError::BadResponse { url: base.clone(), reason };
+        let status_uri = Uri::try_from(format!("{base}/")).map_err(|e| bad(format!("not a URL: {e}")))?;
+        let token = HeaderValue::from_str(token.expose())
+            .map_err(|_| bad("the watcher token is not a valid header value".to_owned()))?;
+        Ok(Self { base, status_uri, token })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
     }
 }
 
+/// A successful watcher answer: a JSON object, kept as the bytes the watcher sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatcherReply {
+    pub status: u16,
+    pub raw: Bytes,
+    /// The `agent-status` of the answer, in the protocol's words (`None` if it has none).
+    pub agent_state: Option<AgentState>,
+}
+
+impl WatcherReply {
+    /// The answer as a JSON value (parsed on demand: the status proxy passes `raw` through unparsed).
+    pub fn body(&self) -> Value {
+        serde_json::from_slice(&self.raw).unwrap_or(Value::Null)
+    }
+}
+
+/// What the daemon reads of an answer: `agent-status`, and that the whole is a well-formed JSON object (the other
+/// members are checked for syntax and skipped, not built).
+#[derive(serde::Deserialize)]
+struct AnswerHead<'a> {
+    #[serde(rename = "agent-status", default, borrow)]
+    agent_status: Option<std::borrow::Cow<'a, str>>,
+}
+
+fn parse_answer(body: &[u8]) -> Option<Option<AgentState>> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    let head: AnswerHead<'_> = serde_json::from_slice(body).ok()?;
+    Some(head.agent_status.map(|s| AgentState::parse(&s)))
+}
+
 /// `GET /` on the watcher: the agent's status as the watcher reports it.
-pub async fn get_status(
-    addr: &WatcherAddress,
-    token: &Secret,
-    timeout: Duration,
-) -> Result<WatcherReply, WatcherError> {
-    call(addr, token, awc::http::Method::GET, "/", timeout, None).await
+pub async fn get_status(endpoint: &Endpoint, timeout: Duration) -> Result<WatcherReply, WatcherError> {
+    call(endpoint, awc::http::Method::GET, None, timeout).await
 }
 
 /// `POST /agent/{start,stop,restart}`.
 pub async fn send_command(
-    addr: &WatcherAddress,
-    token: &Secret,
+    endpoint: &Endpoint,
     command: WatcherCommand,
     timeout: Duration,
 ) -> Result<WatcherReply, WatcherError> {
-    call(addr, token, awc::http::Method::POST, command.path(), timeout, Some(command)).await
+    call(endpoint, awc::http::Method::POST, Some(command), timeout).await
 }
 
 async fn call(
-    addr: &WatcherAddress,
-    token: &Secret,
+    endpoint: &Endpoint,
     method: awc::http::Method,
-    path: &str,
-    timeout: Duration,
     command: Option<WatcherCommand>,
+    timeout: Duration,
 ) -> Result<WatcherReply, WatcherError> {
-    let url = format!("{}{}", addr.base_url(), path);
+    let url = || match command {
+        Some(c) => endpoint.url(c.path()),
+        None => endpoint.url("/"),
+    };
     let work = async {
-        let mut resp = client()
-            .request(method, &url)
-            .insert_header((TOKEN_HEADER, token.expose()))
+        let request = match command {
+            Some(c) => client().request(method, endpoint.url(c.path())),
+            None => client().request(method, endpoint.status_uri.clone()),
+        };
+        let mut resp = request
+            .insert_header((TOKEN_HEADER, endpoint.token.clone()))
             .send()
             .await
-            .map_err(|e| send_error(&url, e, timeout))?;
+            .map_err(|e| send_error(&url(), e, timeout))?;
         let status = resp.status().as_u16();
-        let content_type = resp
-            .headers()
-            .get(awc::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        let body = resp.body().limit(MAX_BODY_BYTES).await.map_err(|e| WatcherError::BadResponse {
-            url: url.clone(),
-            reason: format!("cannot read the body: {e}"),
-        })?;
-        Ok::<_, WatcherError>((status, content_type, body))
+        let json =
+            resp.headers().get(awc::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
+                let ct = ct.trim_start();
+                ct.get(..16).is_some_and(|p| p.eq_ignore_ascii_case("application/json"))
+                    || ct.split(';').next().is_some_and(|t| t.trim_end().to_ascii_lowercase().ends_with("+json"))
+            });
+        let body = resp
+            .body()
+            .limit(MAX_BODY_BYTES)
+            .await
+            .map_err(|e| WatcherError::BadResponse { url: url(), reason: format!("cannot read the body: {e}") })?;
+        Ok::<_, WatcherError>((status, json, body))
     };
-    let (status, content_type, body) = match actix_rt::time::timeout(timeout, work).await {
+    let (status, json, body) = match actix_rt::time::timeout(timeout, work).await {
         Ok(result) => result?,
-        Err(_) => return Err(WatcherError::Timeout { url, after: timeout }),
+        Err(_) => return Err(WatcherError::Timeout { url: url(), after: timeout }),
     };
     let text = || quote(&body);
     match status {
-        200..=299 => {
-            let json = content_type.starts_with("application/json") || content_type.contains("+json");
-            match serde_json::from_slice::<Value>(&body) {
-                Ok(value @ Value::Object(_)) if json => Ok(WatcherReply { status, body: value, raw: body }),
-                _ => Err(WatcherError::BadResponse {
-                    url,
-                    reason: format!("HTTP {status} without a JSON object: {}", text()),
-                }),
-            }
-        }
-        401 | 403 => Err(WatcherError::Auth { url, status, body: text() }),
+        200..=299 => match parse_answer(&body) {
+            Some(agent_state) if json => Ok(WatcherReply { status, raw: body, agent_state }),
+            _ => Err(WatcherError::BadResponse {
+                url: url(),
+                reason: format!("HTTP {status} without a JSON object: {}", text()),
+            }),
+        },
+        401 | 403 => Err(WatcherError::Auth { url: url(), status, body: text() }),
         409 => {
             let code = ProblemDocument::parse(&body).and_then(|p| p.code());
-            Err(WatcherError::Conflict { url, code, body: text() })
+            Err(WatcherError::Conflict { url: url(), code, body: text() })
         }
         500..=599 => match command {
             Some(command) => Err(WatcherError::CommandFailed {
-                url,
+                url: url(),
                 command,
                 status,
                 // Our watcher's problem document carries the reason it saw (exit status, last output lines).
                 body: ProblemDocument::parse(&body).and_then(|p| p.detail).unwrap_or_else(text),
             }),
-            None => Err(WatcherError::BadResponse { url, reason: format!("HTTP {status}: {}", text()) }),
+            None => Err(WatcherError::BadResponse { url: url(), reason: format!("HTTP {status}: {}", text()) }),
         },
-        _ => Err(WatcherError::BadResponse { url, reason: format!("HTTP {status}: {}", text()) }),
+        _ => Err(WatcherError::BadResponse { url: url(), reason: format!("HTTP {status}: {}", text()) }),
     }
 }
 

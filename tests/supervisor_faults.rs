@@ -82,7 +82,7 @@ async fn status_is_answered_during_a_slow_command_and_agents_run_in_parallel() {
     let status_started = Instant::now();
     let status = a.send(GetWatcherStatus).await.unwrap().unwrap();
     assert!(status_started.elapsed() < Duration::from_secs(1), "status waited {:?}", status_started.elapsed());
-    assert!(status.data["agent-status"].is_string());
+    assert!(status.data()["agent-status"].is_string());
 
     assert!(ra.await.unwrap().is_ok());
     assert!(rb.await.unwrap().is_ok());
@@ -280,12 +280,12 @@ async fn concurrent_status_requests_share_one_watcher_call_but_never_across_a_co
         pending.push(actix_rt::spawn(async move { a.send(GetWatcherStatus).await.unwrap().unwrap() }));
     }
     for p in pending {
-        assert_eq!(p.await.unwrap().data["call"], 1);
+        assert_eq!(p.await.unwrap().data()["call"], 1);
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 
     // A request that arrives after the call ended gets a call of its own.
-    assert_eq!(actor.send(GetWatcherStatus).await.unwrap().unwrap().data["call"], 2);
+    assert_eq!(actor.send(GetWatcherStatus).await.unwrap().unwrap().data()["call"], 2);
 
     // A command between two status requests: the second does not join the call that began before the command.
     let first = {
@@ -296,8 +296,8 @@ async fn concurrent_status_requests_share_one_watcher_call_but_never_across_a_co
     assert!(common::eventually(Duration::from_secs(5), || async { calls.load(Ordering::SeqCst) == 3 }).await);
     actor.send(WatcherAgentRestart { requester: "t".into() }).await.unwrap().unwrap();
     let second = actor.send(GetWatcherStatus).await.unwrap().unwrap();
-    assert_eq!(first.await.unwrap().data["call"], 3);
-    assert_eq!(second.data["call"], 4, "the status after the restart came from a call made after it");
+    assert_eq!(first.await.unwrap().data()["call"], 3);
+    assert_eq!(second.data()["call"], 4, "the status after the restart came from a call made after it");
 }
 
 #[actix_rt::test]
@@ -311,7 +311,7 @@ async fn agent_actors_live_on_the_http_workers_and_are_started_again_when_those_
     assert_eq!((status, body["watcher"]["call"].as_u64()), (200, Some(1)), "{body}");
     let registry = app.running.supervisor.registry().clone();
     let actor = registry.send(GetAgent { agent_id: id("i-home") }).await.unwrap().unwrap();
-    assert_eq!(actor.send(GetWatcherStatus).await.unwrap().unwrap().data["call"], 2);
+    assert_eq!(actor.send(GetWatcherStatus).await.unwrap().unwrap().data()["call"], 2);
 
     // The actor lives on an HTTP worker thread: stopping the HTTP server stops it too.
     app.running.server.stop(true).await;
@@ -332,11 +332,11 @@ async fn agent_actors_live_on_the_http_workers_and_are_started_again_when_those_
         assert!(Instant::now() < deadline, "the stopped actor was not started again");
         actix_rt::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(revived.send(GetWatcherStatus).await.unwrap().unwrap().data["call"], 3);
+    assert_eq!(revived.send(GetWatcherStatus).await.unwrap().unwrap().data()["call"], 3);
     let again = registry.send(GetAgent { agent_id: id("i-home") }).await.unwrap().unwrap();
     assert!(again.connected());
     assert_eq!(again.send(WatcherAgentRestart { requester: "t".into() }).await.unwrap().unwrap().data["result"], "ok");
-    assert_eq!(again.send(GetWatcherStatus).await.unwrap().unwrap().data["call"], 4);
+    assert_eq!(again.send(GetWatcherStatus).await.unwrap().unwrap().data()["call"], 4);
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 4);
 }
 

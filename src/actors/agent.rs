@@ -4,7 +4,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::Arc,
+    rc::Rc,
     time::{Duration, Instant},
 };
 
@@ -62,10 +62,18 @@ pub struct GetWatcherStatus;
 #[derive(Debug, Clone)]
 pub struct GetWatcherStatusResult {
     pub agent_id: AgentId,
-    pub data: Arc<Value>,
-    /// `data` as the watcher sent it.
+    /// The watcher's JSON object as it sent it.
     pub raw: Bytes,
+    /// Its `agent-status`.
+    pub agent_state: Option<AgentState>,
     pub latency_ms: u64,
+}
+
+impl GetWatcherStatusResult {
+    /// The watcher's JSON, parsed (on demand: the status proxy passes `raw` through).
+    pub fn data(&self) -> Value {
+        serde_json::from_slice(&self.raw).unwrap_or(Value::Null)
+    }
 }
 
 /// Start the agent (seed: `WatcherAgentStartAction`). Refused with `agent_already_running` when it runs.
@@ -157,7 +165,10 @@ struct Queued {
 
 pub struct AgentActor {
     id: AgentId,
-    deps: Deps,
+    /// Shared with the calls in flight (one reference count per call, not a copy of every handle).
+    deps: Rc<Deps>,
+    /// The watcher's endpoint as resolved at a directory generation; reused while the directory has not changed.
+    endpoint: Option<(u64, Rc<watcher::Endpoint>)>,
     queue: VecDeque<Queued>,
     in_flight: Option<WatcherCommand>,
     observed: Option<Observation>,
@@ -188,7 +199,8 @@ impl AgentActor {
     pub fn new(id: AgentId, deps: Deps) -> Self {
         Self {
             id,
-            deps,
+            deps: Rc::new(deps),
+            endpoint: None,
             queue: VecDeque::new(),
             in_flight: None,
             observed: None,
@@ -387,8 +399,15 @@ impl AgentActor {
         self.next_flight += 1;
         self.flights.insert(id, Flight { generation, waiters: waiter.into_iter().collect() });
         self.joinable = Some(id);
-        let fut = fetch_status(self.id.clone(), self.deps.clone());
-        ctx.spawn(fut.into_actor(self).map(move |(result, observation), act, ctx| {
+        let known = match (&self.endpoint, self.deps.directory.generation()) {
+            (Some((at, e)), Some(now)) if *at == now => Some(e.clone()),
+            _ => None,
+        };
+        let fut = fetch_status(self.id.clone(), self.deps.clone(), known);
+        ctx.spawn(fut.into_actor(self).map(move |(result, observation, resolved), act, ctx| {
+            if let Some(resolved) = resolved {
+                act.endpoint = Some(resolved);
+            }
             act.observe(observation, ctx);
             if act.joinable == Some(id) {
                 act.joinable = None;
@@ -469,30 +488,64 @@ impl Handler<GetSnapshot> for AgentActor {
     }
 }
 
-/// Resolves the agent's watcher and token, makes one call (`None`: status; else the command) within its timeout, and
-/// records the call in the metrics.
-async fn call_watcher(id: &AgentId, deps: &Deps, command: Option<WatcherCommand>) -> Result<WatcherReply, Problem> {
+/// Resolves the agent's watcher and token into an endpoint; with the directory's generation read before, so that an
+/// endpoint kept for that generation is never newer than what it was resolved from.
+async fn resolve(id: &AgentId, deps: &Deps) -> Result<(Option<u64>, watcher::Endpoint), Problem> {
+    let generation = deps.directory.generation();
     let addr = deps.directory.watcher_address(id).await?;
     let token = deps.directory.watcher_token().await?;
+    let endpoint = watcher::Endpoint::new(&addr, &token).map_err(Problem::from)?;
+    Ok((generation, endpoint))
+}
+
+/// Makes one call (`None`: status; else the command) within its timeout, and records it in the metrics.
+async fn call_watcher(
+    endpoint: &watcher::Endpoint,
+    deps: &Deps,
+    command: Option<WatcherCommand>,
+) -> Result<WatcherReply, Problem> {
     let called = Instant::now();
     let reply = match command {
-        None => watcher::get_status(&addr, &token, deps.settings.status_timeout).await,
-        Some(c) => watcher::send_command(&addr, &token, c, deps.settings.command_timeout).await,
+        None => watcher::get_status(endpoint, deps.settings.status_timeout).await,
+        Some(c) => watcher::send_command(endpoint, c, deps.settings.command_timeout).await,
     }
     .map_err(Problem::from);
-    let outcome = reply.as_ref().map_or_else(|p| p.code.as_str(), |_| "ok");
-    deps.metrics.observe_watcher(command.map_or("status", WatcherCommand::as_str), outcome, called.elapsed());
+    let elapsed = called.elapsed();
+    match (command, &reply) {
+        (None, Ok(_)) => deps.metrics.observe_status_ok(elapsed),
+        (_, reply) => {
+            let outcome = reply.as_ref().map_or_else(|p| p.code.as_str(), |_| "ok");
+            deps.metrics.observe_watcher(command.map_or("status", WatcherCommand::as_str), outcome, elapsed);
+        }
+    }
     reply
 }
 
-/// Asks the watcher for its status; always yields an observation, even of a failure.
-async fn fetch_status(id: AgentId, deps: Deps) -> (Result<GetWatcherStatusResult, Problem>, Observation) {
+/// Asks the watcher for its status (through `known`, or an endpoint resolved now and returned for reuse); always
+/// yields an observation, even of a failure.
+async fn fetch_status(
+    id: AgentId,
+    deps: Rc<Deps>,
+    known: Option<Rc<watcher::Endpoint>>,
+) -> (Result<GetWatcherStatusResult, Problem>, Observation, Option<(u64, Rc<watcher::Endpoint>)>) {
     let started = Instant::now();
-    let result = call_watcher(&id, &deps, None).await;
+    let mut resolved = None;
+    let endpoint = match known {
+        Some(e) => Ok(e),
+        None => resolve(&id, &deps).await.map(|(generation, e)| {
+            let e = Rc::new(e);
+            resolved = generation.map(|g| (g, e.clone()));
+            e
+        }),
+    };
+    let result = match &endpoint {
+        Ok(e) => call_watcher(e, &deps, None).await,
+        Err(p) => Err(p.clone()),
+    };
     let latency_ms = started.elapsed().as_millis() as u64;
     let observation = match &result {
         Ok(reply) => Observation {
-            agent_status: reply.agent_state().map(|s| s.as_str().to_owned()),
+            agent_status: reply.agent_state.as_ref().map(|s| s.as_str().to_owned()),
             reachable: true,
             at: Utc::now(),
             latency_ms,
@@ -509,18 +562,18 @@ async fn fetch_status(id: AgentId, deps: Deps) -> (Result<GetWatcherStatusResult
     let result = result
         .map(|reply| GetWatcherStatusResult {
             agent_id: id.clone(),
-            data: Arc::new(reply.body),
             raw: reply.raw,
+            agent_state: reply.agent_state,
             latency_ms,
         })
         .map_err(|p| p.for_agent(id.as_str()));
-    (result, observation)
+    (result, observation, resolved)
 }
 
 /// One command, start to finish: audit row, pre-checks, the watcher call, the audit outcome.
 async fn execute(
     id: AgentId,
-    deps: Deps,
+    deps: Rc<Deps>,
     command: Command,
     requester: String,
     requested_at: DateTime<Utc>,
@@ -672,18 +725,18 @@ fn outcome_of(
     }
 }
 
-async fn run_command(id: &AgentId, deps: &Deps, command: Command) -> (Result<Value, Problem>, Option<Observation>) {
+async fn run_command(id: &AgentId, deps: &Rc<Deps>, command: Command) -> (Result<Value, Problem>, Option<Observation>) {
     let mut observation = None;
     // Pre-checks: the current state decides whether the command makes sense, with any watcher.
     if matches!(command, Command::Start | Command::Stop { .. }) {
-        let (status, obs) = fetch_status(id.clone(), deps.clone()).await;
+        let (status, obs, _) = fetch_status(id.clone(), deps.clone(), None).await;
         observation = Some(obs);
         let status = match status {
             Ok(s) => s,
             Err(p) => return (Err(p), observation),
         };
         // The protocol's table, so that Backend.AI's watcher (which runs anything) is refused as ours refuses.
-        let state = AgentState::parse(status.data.get("agent-status").and_then(Value::as_str).unwrap_or(""));
+        let state = status.agent_state.clone().unwrap_or_else(|| AgentState::parse(""));
         let wc = command.watcher();
         if let Some(p) = precheck(wc, &state).refusal(format!("agent {id} is {state}; {wc} was not sent")) {
             return (Err(p), observation);
@@ -711,6 +764,9 @@ async fn run_command(id: &AgentId, deps: &Deps, command: Command) -> (Result<Val
     if let Err(p) = deps.ha.fence() {
         return (Err(p), observation);
     }
-    let reply = call_watcher(id, deps, Some(command.watcher())).await;
-    (reply.map(|r| r.body), observation)
+    let reply = match resolve(id, deps).await {
+        Ok((_, endpoint)) => call_watcher(&endpoint, deps, Some(command.watcher())).await,
+        Err(p) => Err(p),
+    };
+    (reply.map(|r| r.body()), observation)
 }

@@ -224,8 +224,8 @@ pub async fn watcher_status(
     let agent_id = parse_agent_id("agent_id", &path)?;
     let r = state.supervisor.get_watcher_status(GetWatcherStatusAction { agent_id }).await?;
     Ok(HttpResponse::Ok().json(WatcherStatusReply {
+        watcher: r.data(),
         agent_id: r.agent_id,
-        watcher: serde_json::Value::clone(&r.data),
         latency_ms: r.latency_ms,
     }))
 }

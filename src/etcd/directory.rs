@@ -81,6 +81,9 @@ struct Inner {
     task: OnceLock<tokio::task::AbortHandle>,
     /// The etcd revision the mirror of `nodes/agents/` reflects (0 until loaded).
     revision: tokio::sync::watch::Sender<i64>,
+    /// Bumped whenever the mirror changes (a load, any watched change, the token): what callers that keep a
+    /// resolved address compare to know it still holds.
+    generation: AtomicU64,
 }
 
 impl Drop for Inner {
@@ -120,11 +123,19 @@ impl WatcherDirectory {
             resyncs: AtomicU64::new(0),
             task: OnceLock::new(),
             revision: tokio::sync::watch::Sender::new(0),
+            generation: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&inner);
         let handle = tokio::spawn(async move { follow(weak).await });
         let _ = inner.task.set(handle.abort_handle());
         Self { inner }
+    }
+
+    /// The mirror's generation while it is in sync: an address and token resolved at generation `g` still hold while
+    /// this returns `Some(g)`. `None` while the mirror is not in sync (then nothing resolved may be kept).
+    pub fn generation(&self) -> Option<u64> {
+        let synced = self.inner.state.read().map(|s| s.synced).unwrap_or(false);
+        synced.then(|| self.inner.generation.load(Ordering::Acquire))
     }
 
     /// Waits (at most `timeout`) until lookups see etcd as it was at `revision` or later: a writer's "read your
@@ -316,6 +327,7 @@ async fn follow(weak: std::sync::Weak<Inner>) {
             && let Ok(mut s) = inner.state.write()
         {
             s.synced = false;
+            inner.generation.fetch_add(1, Ordering::AcqRel);
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(RESYNC_BACKOFF_MAX);
@@ -344,6 +356,7 @@ async fn load_and_watch(weak: &std::sync::Weak<Inner>, etcd: &Etcd) -> Result<()
         let Some(inner) = weak.upgrade() else { return Ok(()) };
         let mut s = inner.state.write().map_err(|_| EtcdError::Unavailable("directory lock poisoned".into()))?;
         *s = State { synced: true, loaded: true, nodes, etcd_token: token };
+        inner.generation.fetch_add(1, Ordering::AcqRel);
         inner.revision.send_replace(revision);
         inner.resyncs.fetch_add(1, Ordering::Relaxed);
         tracing::info!(agents = s.nodes.len(), revision, "etcd watcher directory in sync");
@@ -361,6 +374,7 @@ async fn load_and_watch(weak: &std::sync::Weak<Inner>, etcd: &Etcd) -> Result<()
         let Some(inner) = weak.upgrade() else { return Ok(()) };
         let mut s = inner.state.write().map_err(|_| EtcdError::Unavailable("directory lock poisoned".into()))?;
         let seen = resp.events.iter().map(|e| e.kv.mod_revision).max().unwrap_or(0);
+        inner.generation.fetch_add(1, Ordering::AcqRel);
         for event in resp.events {
             let full = String::from_utf8_lossy(&event.kv.key).into_owned();
             let Some(rel) = full.strip_prefix(etcd.prefix()) else { continue };
