@@ -147,6 +147,12 @@ function signOut() {
 
 async function poll(refresh) {
   if (!state.api || state.polling) return;
+  // A hidden tab does not poll; it catches up when shown again (see `wire`).
+  if (document.hidden && !refresh) {
+    clearTimeout(state.pollTimer);
+    state.pollTimer = null;
+    return;
+  }
   state.polling = true;
   clearTimeout(state.pollTimer);
   const api = state.api;
@@ -884,6 +890,9 @@ function wire() {
   });
   $('sign-out').addEventListener('click', signOut);
   $('refresh-now').addEventListener('click', () => poll(true));
+  document.addEventListener('visibilitychange', () => {
+    if (!document.hidden && state.api && !state.pollTimer && !state.polling) poll(false);
+  });
   $('filters').addEventListener('submit', (ev) => ev.preventDefault());
   for (const id of ['filter-text', 'filter-group', 'filter-status']) $(id).addEventListener('input', render);
   for (const th of document.querySelectorAll('#agents th[data-sort]')) {
