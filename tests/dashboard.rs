@@ -337,11 +337,14 @@ async fn the_dashboard_in_chromium() {
     let _ = std::fs::remove_dir_all(&shots);
     let profile = tempfile::tempdir().unwrap();
     let wrong = Creds { secret_key: format!("{}x", &app.admin.secret_key[1..]), ..app.admin.clone() };
+    let user = app.add_keypair(false, true).await;
     let config = json!({
         "url": app.url,
         "access_key": app.admin.access_key,
         "secret_key": app.admin.secret_key,
         "wrong_secret_key": wrong.secret_key,
+        "user_access_key": user.access_key,
+        "user_secret_key": user.secret_key,
         "chromium": CHROMIUM,
         "chromedriver": CHROMEDRIVER,
         "profile": profile.path(),

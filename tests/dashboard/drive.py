@@ -234,6 +234,18 @@ class Dashboard:
         self.shot("sign-in-wrong-key")
         self.log(f"a wrong secret key is refused with the server's message: {err!r}")
 
+        # A valid keypair that is not a superadmin one: the page says why it cannot be used.
+        self.el("#access-key").clear()
+        self.el("#access-key").send_keys(self.cfg["user_access_key"])
+        self.el("#secret-key").clear()
+        self.el("#secret-key").send_keys(self.cfg["user_secret_key"])
+        self.el("#sign-in-button").click()
+        self.wait("the refusal of a user keypair", lambda: "is not a superadmin keypair" in (self.text("#sign-in-error") or ""))
+        check(not self.storage(), f"nothing kept for a user keypair: {list(self.storage())}")
+        self.el("#access-key").clear()
+        self.el("#access-key").send_keys(self.cfg["access_key"])
+        self.log("a keypair without superadmin is refused: the page says it needs one")
+
     def sign_in(self):
         box = self.el("#secret-key")
         box.clear()
@@ -516,7 +528,7 @@ class Dashboard:
 
     def the_secret_never_left_the_browser(self):
         self.drain_logs()
-        secrets = [self.cfg["secret_key"], self.cfg["wrong_secret_key"]]
+        secrets = [self.cfg["secret_key"], self.cfg["wrong_secret_key"], self.cfg["user_secret_key"]]
         requests = [m for m in self.network if m["method"] == "Network.requestWillBeSent"]
         api = [m["params"]["request"] for m in requests if "/v1/" in m["params"]["request"]["url"]]
         check(len(api) > 10, f"the log holds the API requests ({len(api)})")
