@@ -356,6 +356,33 @@ function row(agent) {
   );
 }
 
+/**
+ * Puts `fresh` rows (keyed by data-agent-id) into `tbody`, replacing only the cells whose markup changed, so that a
+ * poll does not swap the button under a click that is under way, nor the one that has the focus.
+ */
+function patchRows(tbody, fresh) {
+  const existing = new Map([...tbody.children].map((tr) => [tr.dataset.agentId, tr]));
+  let previous = null;
+  for (const next of fresh) {
+    let tr = existing.get(next.dataset.agentId);
+    if (tr) {
+      existing.delete(next.dataset.agentId);
+      tr.className = next.className;
+      [...next.children].forEach((cell, i) => {
+        const old = tr.children[i];
+        if (!old) tr.append(cell);
+        else if (old.outerHTML !== cell.outerHTML) old.replaceWith(cell);
+      });
+    } else {
+      tr = next;
+    }
+    const slot = previous ? previous.nextSibling : tbody.firstChild;
+    if (slot !== tr) tbody.insertBefore(tr, slot);
+    previous = tr;
+  }
+  for (const gone of existing.values()) gone.remove();
+}
+
 function fillSelect(select, values, keepFirst) {
   const current = select.value;
   const opts = values.map((v) => h('option', { value: v }, v));
@@ -376,11 +403,12 @@ function render() {
   $('count-busy').textContent = agents.filter(busy).length;
 
   const shown = agents.filter(matches).sort(compare);
-  // Rows are rebuilt on every poll: keep the keyboard focus on the agent it was on.
-  const focused = document.activeElement && document.activeElement.closest('#agents-body tr[data-agent-id]');
-  $('agents-body').replaceChildren(...shown.map(row));
-  if (focused) {
-    const again = document.querySelector(`#agents-body tr[data-agent-id="${CSS.escape(focused.dataset.agentId)}"] button`);
+  const focused = document.activeElement;
+  const focusedRow = focused && focused.closest('#agents-body tr[data-agent-id]');
+  patchRows($('agents-body'), shown.map(row));
+  // A cell that changed is a new element: keep the keyboard focus on the agent it was on.
+  if (focusedRow && !document.contains(focused)) {
+    const again = document.querySelector(`#agents-body tr[data-agent-id="${CSS.escape(focusedRow.dataset.agentId)}"] button`);
     if (again) again.focus();
   }
   $('no-agents').hidden = shown.length > 0 || agents.length === 0;
@@ -409,9 +437,19 @@ function render() {
 // Confirmations
 
 let confirmResolve = null;
+let confirmQueue = Promise.resolve();
 
-/** A modal question; resolves true when confirmed. `check` (a label) must be ticked before confirming. */
-function confirmDialog({ title, text, confirmLabel, danger = false, check = null }) {
+/**
+ * A modal question; resolves true when confirmed. `check` (a label) must be ticked before confirming. Questions
+ * asked while one is open wait for it.
+ */
+function confirmDialog(question) {
+  const asked = confirmQueue.then(() => ask(question));
+  confirmQueue = asked.catch(() => false);
+  return asked;
+}
+
+function ask({ title, text, confirmLabel, danger = false, check = null }) {
   const dialog = $('confirm');
   $('confirm-title').textContent = title;
   $('confirm-text').textContent = text;
@@ -956,6 +994,7 @@ async function start() {
     showSignIn(null);
     return;
   }
+  $('access-key').value = keys.accessKey;
   try {
     await signIn(keys.accessKey, keys.secretKey);
   } catch (e) {
