@@ -1,6 +1,7 @@
 //! The admin HTTP API: Backend.AI-compatible routes (so the official client works unchanged) and our own `/v1`.
 //! Handlers are thin: extract, authorise, send to the service, map the result. The route table is [`routes`]; each
-//! handler in it is also listed in [`openapi::ApiDoc`], the document served at `/v1/openapi.json`.
+//! handler in it is also listed in [`openapi::ApiDoc`], the document served at `/v1/openapi.json`; the dashboard's
+//! static files ([`ui`]) are not API operations and are left out of it.
 
 pub mod auth;
 pub mod body;
@@ -11,6 +12,7 @@ pub mod params;
 pub mod problem;
 mod requester;
 pub mod types;
+pub mod ui;
 mod v1;
 
 use actix_web::web;
@@ -62,6 +64,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/agents/{id}/restart").post(v1::restart))
         .service(resource("/v1/agents/{id}/events").get(v1::events))
         .service(resource("/v1/openapi.json").get(openapi::openapi_json))
+        // The dashboard's static files (unsigned, not API operations: left out of the OpenAPI document).
+        .configure(ui::routes)
         .default_service(web::to(problem::not_found));
 }
 

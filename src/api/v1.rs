@@ -18,7 +18,9 @@ use super::{
 };
 use crate::{
     actors::{RecalculateUsageResult, SyncAgentRegistryResult},
-    error::Problem,
+    db::{models::AgentEventRow, queries},
+    domain::AgentId,
+    error::{ErrorCode, Problem},
     service::{
         GetWatcherStatusAction, RecalculateUsageAction, SyncAgentRegistryAction, WatcherAgentRestartAction,
         WatcherAgentStartAction, WatcherAgentStopAction, WatcherCommandActionResult,
@@ -312,6 +314,7 @@ pub async fn restart(
     params(
         ("id" = String, Path, description = "The agent id"),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "How many events, newest first (default 50)"),
+        ("before" = Option<i64>, Query, minimum = 1, description = "Only events older than this event id: the next page after a page whose last event had this id"),
     ),
     responses(
         (status = 200, description = "The agent's audit trail", body = AgentEvents),
@@ -329,7 +332,7 @@ pub async fn events(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Problem> {
-    let pairs = query_pairs(req.query_string(), &["limit"])?;
+    let pairs = query_pairs(req.query_string(), &["limit", "before"])?;
     let limit = match pairs.iter().find(|(k, _)| k == "limit") {
         Some((_, v)) => v
             .parse::<i64>()
@@ -338,9 +341,36 @@ pub async fn events(
             .ok_or_else(|| Problem::invalid_field("limit", format!("must be 1..={MAX_EVENTS}")))?,
         None => DEFAULT_EVENTS,
     };
+    let before = match pairs.iter().find(|(k, _)| k == "before") {
+        Some((_, v)) => Some(
+            v.parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| Problem::invalid_field("before", "must be an event id (a positive integer)"))?,
+        ),
+        None => None,
+    };
     let agent_id = parse_agent_id("agent_id", &path)?;
-    let events = state.supervisor.agent_events(&agent_id, limit).await?;
+    let events = match before {
+        None => state.supervisor.agent_events(&agent_id, limit).await?,
+        Some(before) => agent_events_before(&state, &agent_id, limit, before).await?,
+    };
     Ok(HttpResponse::Ok().json(AgentEvents { agent_id, events }))
+}
+
+/// A page of the audit trail older than the event `before`: `Supervisor::agent_events` with a cursor.
+async fn agent_events_before(
+    state: &AppState,
+    agent_id: &AgentId,
+    limit: i64,
+    before: i64,
+) -> Result<Vec<AgentEventRow>, Problem> {
+    let mut conn = state.supervisor.db().conn().await?;
+    if queries::find_agent(&mut conn, agent_id.as_str()).await?.is_none() {
+        return Err(Problem::new(ErrorCode::AgentNotFound, format!("agent {agent_id} does not exist"))
+            .for_agent(agent_id.as_str()));
+    }
+    Ok(queries::list_events_before(&mut conn, agent_id.as_str(), limit, Some(before)).await?)
 }
 
 /// `POST /v1/agents/{id}/sync` → the agent's row, how many kernels were sent, and warnings.

@@ -93,9 +93,22 @@ pub async fn list_events(
     agent_id: &str,
     limit: i64,
 ) -> Result<Vec<AgentEventRow>, DbError> {
-    agent_events::table
-        .filter(agent_events::agent_id.eq(agent_id))
-        .order(agent_events::id.desc())
+    list_events_before(conn, agent_id, limit, None).await
+}
+
+/// Newest first, only events older than the event `before` (ids grow with each insert) when given: the next page after a
+/// page whose last event was `before`.
+pub async fn list_events_before(
+    conn: &mut AsyncPgConnection,
+    agent_id: &str,
+    limit: i64,
+    before: Option<i64>,
+) -> Result<Vec<AgentEventRow>, DbError> {
+    let mut q = agent_events::table.filter(agent_events::agent_id.eq(agent_id)).into_boxed();
+    if let Some(before) = before {
+        q = q.filter(agent_events::id.lt(before));
+    }
+    q.order(agent_events::id.desc())
         .limit(limit)
         .select(AgentEventRow::as_select())
         .load(conn)
