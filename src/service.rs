@@ -384,13 +384,18 @@ impl Supervisor {
         Ok(AgentListing { row, supervision })
     }
 
-    /// The audit trail of one agent, newest first.
-    pub async fn agent_events(&self, agent_id: &AgentId, limit: i64) -> Result<Vec<AgentEventRow>, Problem> {
+    /// The audit trail of one agent, newest first; with `before`, the events older than that event id (paging).
+    pub async fn agent_events(
+        &self,
+        agent_id: &AgentId,
+        limit: i64,
+        before: Option<i64>,
+    ) -> Result<Vec<AgentEventRow>, Problem> {
         let mut conn = self.db.conn().await?;
         if queries::find_agent(&mut conn, agent_id.as_str()).await?.is_none() {
             return Err(Problem::new(ErrorCode::AgentNotFound, format!("agent {agent_id} does not exist"))
                 .for_agent(agent_id.as_str()));
         }
-        Ok(queries::list_events(&mut conn, agent_id.as_str(), limit).await?)
+        Ok(queries::list_events_before(&mut conn, agent_id.as_str(), limit, before).await?)
     }
 }

@@ -18,9 +18,7 @@ use super::{
 };
 use crate::{
     actors::{RecalculateUsageResult, SyncAgentRegistryResult},
-    db::{models::AgentEventRow, queries},
-    domain::AgentId,
-    error::{ErrorCode, Problem},
+    error::Problem,
     service::{
         GetWatcherStatusAction, RecalculateUsageAction, SyncAgentRegistryAction, WatcherAgentRestartAction,
         WatcherAgentStartAction, WatcherAgentStopAction, WatcherCommandActionResult,
@@ -351,26 +349,8 @@ pub async fn events(
         None => None,
     };
     let agent_id = parse_agent_id("agent_id", &path)?;
-    let events = match before {
-        None => state.supervisor.agent_events(&agent_id, limit).await?,
-        Some(before) => agent_events_before(&state, &agent_id, limit, before).await?,
-    };
+    let events = state.supervisor.agent_events(&agent_id, limit, before).await?;
     Ok(HttpResponse::Ok().json(AgentEvents { agent_id, events }))
-}
-
-/// A page of the audit trail older than the event `before`: `Supervisor::agent_events` with a cursor.
-async fn agent_events_before(
-    state: &AppState,
-    agent_id: &AgentId,
-    limit: i64,
-    before: i64,
-) -> Result<Vec<AgentEventRow>, Problem> {
-    let mut conn = state.supervisor.db().conn().await?;
-    if queries::find_agent(&mut conn, agent_id.as_str()).await?.is_none() {
-        return Err(Problem::new(ErrorCode::AgentNotFound, format!("agent {agent_id} does not exist"))
-            .for_agent(agent_id.as_str()));
-    }
-    Ok(queries::list_events_before(&mut conn, agent_id.as_str(), limit, Some(before)).await?)
 }
 
 /// `POST /v1/agents/{id}/sync` → the agent's row, how many kernels were sent, and warnings.
