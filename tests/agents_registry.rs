@@ -503,3 +503,24 @@ async fn kernels_of_a_removed_agent_keep_their_rows() {
     .unwrap();
     assert_eq!(k.agent, None, "the kernel stays, without its agent");
 }
+
+/// A row that appears in the database behind the daemon's back (Backend.AI's heartbeat registering an agent, say)
+/// gets its actor, and so its probe, within a probe interval, without any request for it.
+#[actix_rt::test]
+async fn an_agent_row_added_behind_the_daemons_back_is_supervised_within_a_probe_interval() {
+    let app = TestApp::spawn_with(|c| c.watcher.probe_interval_s = 1).await;
+    let d = tempfile::tempdir().unwrap();
+    let w = running_watcher(TOKEN, &slow_service(&d.path().join("s.log"), "0"), &[]);
+    app.register_watcher("i-behind", w.port()).await;
+    app.add_agent("i-behind").await;
+    let observed = common::eventually(Duration::from_secs(10), || async {
+        let (_, listing) = app.get("/v1/agents").await;
+        listing["agents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| a["id"] == "i-behind" && a["supervision"]["watcher"]["agent_status"] == "active")
+    })
+    .await;
+    assert!(observed, "the new row was never probed");
+}

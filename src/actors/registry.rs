@@ -108,6 +108,10 @@ pub struct RegistryActor {
 
 /// How often the registry looks for agent actors that stopped (their thread ended, or they panicked).
 const REVIVE_EVERY: Duration = Duration::from_secs(5);
+/// How often the database is read for agents without an actor: the probe interval, at least this…
+const LOAD_EVERY_AT_MOST_EVERY: Duration = Duration::from_secs(1);
+/// …or this when probing is off.
+const LOAD_EVERY_WITHOUT_PROBES: Duration = Duration::from_secs(30);
 
 impl RegistryActor {
     pub fn new(deps: Deps) -> Self {
@@ -171,6 +175,17 @@ impl Actor for RegistryActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(REVIVE_EVERY, |act, _| act.revive());
+        // Rows added behind the daemon's back (Backend.AI's heartbeat registering an agent, SQL) get their actor, and
+        // so their probe, within a probe interval.
+        let probe = self.deps.settings.probe_interval;
+        let every = if probe.is_zero() { LOAD_EVERY_WITHOUT_PROBES } else { probe.max(LOAD_EVERY_AT_MOST_EVERY) };
+        ctx.run_interval(every, |act, ctx| {
+            ctx.spawn(act.load().map(|loaded, _, _| {
+                if let Err(e) = loaded {
+                    tracing::debug!(error = %e, "could not look for new agents");
+                }
+            }));
+        });
     }
 }
 
@@ -213,6 +228,13 @@ impl Handler<LoadAgents> for RegistryActor {
     type Result = ResponseActFuture<Self, Result<usize, Problem>>;
 
     fn handle(&mut self, _: LoadAgents, _: &mut Self::Context) -> Self::Result {
+        self.load()
+    }
+}
+
+impl RegistryActor {
+    /// Creates an actor for every agent in the database that has none; returns how many agents there are.
+    fn load(&mut self) -> ResponseActFuture<Self, Result<usize, Problem>> {
         let db = self.deps.db.clone();
         let load = async move { queries::agent_ids(&mut *db.conn().await?).await };
         Box::pin(load.into_actor(self).map(|ids, act, _| {
