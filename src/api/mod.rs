@@ -77,14 +77,15 @@ pub async fn trace_request(
     use tracing::Instrument;
     let started = std::time::Instant::now();
     let span = tracing::info_span!("request", method = %req.method(), path = %req.path());
-    let metrics = req.app_data::<actix_web::web::Data<AppState>>().map(|s| s.metrics.clone());
+    // The app state (one reference count), not a copy of every metric handle, per request.
+    let state = req.app_data::<actix_web::web::Data<AppState>>().cloned();
     let method = req.method().to_string();
     let res = next.call(req).instrument(span.clone()).await?;
     let status = res.status().as_u16();
     let elapsed = started.elapsed();
-    if let Some(metrics) = metrics {
+    if let Some(state) = state {
         let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
-        metrics.observe_http(&route, &method, status, elapsed);
+        state.metrics.observe_http(&route, &method, status, elapsed);
     }
     span.in_scope(|| tracing::debug!(status, elapsed_ms = elapsed.as_millis() as u64, "request finished"));
     Ok(res)

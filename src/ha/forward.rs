@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use actix_web::{
     Error, HttpResponse, ResponseError,
-    body::{BoxBody, MessageBody},
+    body::{BoxBody, EitherBody, MessageBody},
     dev::{ServiceRequest, ServiceResponse},
     http::{Method, header},
     middleware::Next,
@@ -71,24 +71,26 @@ pub fn needs_leader(method: &Method, path: &str, query: &str) -> bool {
 pub async fn forward_to_leader(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<BoxBody>, Error> {
-    let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
-        return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
-    };
-    let ha = state.supervisor.leadership().clone();
+) -> Result<ServiceResponse<EitherBody<impl MessageBody, BoxBody>>, Error> {
+    // Served here: the handler's answer goes through as it is (no boxing per request).
+    let here = async |req: ServiceRequest| next.call(req).await.map(ServiceResponse::map_into_left_body);
+    let Some(state) = req.app_data::<web::Data<AppState>>() else { return here(req).await };
+    let ha = state.supervisor.leadership();
     if !ha.enabled() || !needs_leader(req.method(), req.path(), req.query_string()) {
-        return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
+        return here(req).await;
     }
+    let (ha, state) = (ha.clone(), state.clone());
     match ha.route() {
-        Route::Local => next.call(req).await.map(ServiceResponse::map_into_boxed_body),
-        Route::NoLeader => Ok(refuse(req, &ha, "no leader is elected; try again shortly")),
+        Route::Local => here(req).await,
+        Route::NoLeader => Ok(refuse(req, &ha, "no leader is elected; try again shortly").map_into_right_body()),
         Route::Leader(_) if req.headers().contains_key(FORWARDED_BY) => {
-            Ok(refuse(req, &ha, "this request was forwarded here, but this replica is not the leader (any more)"))
+            let why = "this request was forwarded here, but this replica is not the leader (any more)";
+            Ok(refuse(req, &ha, why).map_into_right_body())
         }
         Route::Leader(leader) => {
             let forwarder = req.app_data::<web::Data<Forwarder>>().cloned();
             let Some(forwarder) = forwarder else {
-                return Ok(refuse(req, &ha, "this replica cannot forward requests"));
+                return Ok(refuse(req, &ha, "this replica cannot forward requests").map_into_right_body());
             };
             let (http_req, payload) = req.into_parts();
             let answer = forward(&forwarder, &ha, &leader.url, &http_req, payload).await;
@@ -102,7 +104,7 @@ pub async fn forward_to_leader(
                 }
             };
             count(&state.metrics, outcome);
-            Ok(ServiceResponse::new(http_req, response))
+            Ok(ServiceResponse::new(http_req, response).map_into_right_body())
         }
     }
 }
