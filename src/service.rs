@@ -207,7 +207,9 @@ impl Supervisor {
         action: GetWatcherStatusAction,
     ) -> Result<GetWatcherStatusActionResult, Problem> {
         let agent = self.agent(&action.agent_id).await?;
-        agent.send(GetWatcherStatus).timeout(self.settings.status_timeout * 2 + ACTOR_SLACK).await.map_err(mailbox)?
+        // No timer of its own: the actor answers within the status timeout (its watcher call is bounded by it), and a
+        // stopped actor drops the request (`shutting_down`).
+        agent.send(GetWatcherStatus).await.map_err(mailbox)?
     }
 
     pub async fn watcher_agent_start(

@@ -1,4 +1,4 @@
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -9,10 +9,10 @@ pub const MAX_AGENT_ID_LEN: usize = 64;
 ///
 /// Backend.AI ids are free-form strings such as `i-node01` or a UUID; the restriction keeps ids safe to put in
 /// URLs, etcd keys and log lines.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
-#[serde(transparent)]
+/// Shared, not copied: an id is cloned into every actor message, answer and log line.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, utoipa::ToSchema)]
 #[schema(value_type = String, pattern = "^[A-Za-z0-9._:@-]{1,64}$")]
-pub struct AgentId(String);
+pub struct AgentId(Arc<str>);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AgentIdError {
@@ -42,7 +42,7 @@ impl AgentId {
         if raw.contains("..") {
             return Err(AgentIdError::DotDot);
         }
-        Ok(Self(raw.to_owned()))
+        Ok(Self(Arc::from(raw)))
     }
 
     pub fn as_str(&self) -> &str {
@@ -72,6 +72,12 @@ impl fmt::Debug for AgentId {
 impl AsRef<str> for AgentId {
     fn as_ref(&self) -> &str {
         &self.0
+    }
+}
+
+impl Serialize for AgentId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
     }
 }
 
