@@ -199,33 +199,8 @@ async fn run(db_url: String) -> Vec<Row> {
 
     // 1. Status proxy: the daemon in front of a real agent-watcher vs. the watcher directly, same wrk load.
     {
-        let port = free_port();
-        let log = std::fs::File::create(setup.logs.path().join("watcher.log")).unwrap();
-        let child = Command::new(bin_dir().join("agent-watcher"))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--token",
-                TOKEN,
-                "--backend",
-                "process",
-                "--workers",
-                "2",
-            ])
-            .arg("--log-file")
-            .arg(setup.logs.path().join("agent.log"))
-            .args(["--", "sleep", "100000"])
-            .env("RUST_LOG", "warn")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("run target/release/agent-watcher");
-        let watcher = Proc { child, port };
-        assert!(wait_until(Duration::from_secs(10), || http_status(
-            port,
-            "/",
-            &[("X-BackendAI-Watcher-Token", TOKEN)]
-        ) == 200));
+        let watcher = start_watcher(&setup, &["--workers", "2"]);
+        let port = watcher.port;
         sql(&db, "INSERT INTO agents (id, region, addr, version, architecture) VALUES ('i-proxy', 'local', 'tcp://127.0.0.1:6001', 'v', 'x86_64')").await;
         etcd.put("nodes/agents/i-proxy/ip", "127.0.0.1").await.unwrap();
         etcd.put("nodes/agents/i-proxy/watcher_port", &port.to_string()).await.unwrap();

@@ -15,10 +15,7 @@
 mod sim_watcher;
 mod support;
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use sim_watcher::SimWatchers;
@@ -76,19 +73,8 @@ async fn run(db_url: String) -> Vec<Row> {
         .finish();
 
     // A real watcher for the failover agent; simulated ones for the throughput runs.
-    let wport = free_port();
-    let log = std::fs::File::create(setup.logs.path().join("watcher.log")).unwrap();
-    let watcher = Command::new(bin_dir().join("agent-watcher"))
-        .args(["--listen", &format!("127.0.0.1:{wport}"), "--token", TOKEN, "--backend", "process"])
-        .args(["--start-grace-ms", "50", "--log-file"])
-        .arg(setup.logs.path().join("agent.log"))
-        .args(["--", "sleep", "100000"])
-        .env("RUST_LOG", "warn")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("run target/release/agent-watcher");
-    let _watcher = Proc { child: watcher, port: wport };
+    let watcher = start_watcher(&setup, &["--start-grace-ms", "50"]);
+    let wport = watcher.port;
     let sims = SimWatchers::start(64, 1, TOKEN, Duration::ZERO);
     sql(
         &db,

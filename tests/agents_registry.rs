@@ -165,12 +165,7 @@ async fn bad_registrations_are_400_naming_the_field_and_write_nothing() {
 #[actix_rt::test]
 async fn etcd_down_during_registration_is_503_and_leaves_no_half_registered_agent() {
     let mut etcd = PrivateEtcd::start();
-    let endpoint = etcd.endpoint();
-    let app = TestApp::spawn_with(|c| {
-        c.etcd.endpoints = vec![endpoint.clone()];
-        c.etcd.timeout_ms = 500;
-    })
-    .await;
+    let app = TestApp::spawn_with_etcd(&etcd.endpoint(), |_| {}).await;
     etcd.stop();
     let body = json!({"id": "i-half", "addr": "tcp://127.0.0.1:6001", "ip": "127.0.0.1", "watcher_port": 6009});
     let (status, problem) = app.post("/v1/agents", Some(body.clone())).await;
@@ -222,12 +217,7 @@ async fn etcd_cut_between_the_two_writes_is_consistent_after_recovery() {
     use diesel_async::RunQueryDsl;
 
     let mut etcd = PrivateEtcd::start();
-    let endpoint = etcd.endpoint();
-    let app = TestApp::spawn_with(|c| {
-        c.etcd.endpoints = vec![endpoint.clone()];
-        c.etcd.timeout_ms = 500;
-    })
-    .await;
+    let app = TestApp::spawn_with_etcd(&etcd.endpoint(), |_| {}).await;
     let first = json!({"id": "i-cut", "addr": "tcp://127.0.0.1:6001", "ip": "10.0.0.1", "watcher_port": 6009});
     let (status, body) = app.post("/v1/agents", Some(first)).await;
     assert_eq!(status, 200, "{body}");

@@ -16,10 +16,7 @@ use serde_json::Value;
 #[actix_rt::test]
 async fn etcd_stopped_mid_command_then_restarted_the_watch_resumes() {
     let mut etcd = PrivateEtcd::start();
-    let endpoint = etcd.endpoint();
-    let app = TestApp::spawn_with(|c| {
-        c.etcd.endpoints = vec![endpoint.clone()];
-        c.etcd.timeout_ms = 500;
+    let app = TestApp::spawn_with_etcd(&etcd.endpoint(), |c| {
         c.watcher.command_timeout_ms = 8_000;
     })
     .await;

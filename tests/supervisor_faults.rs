@@ -164,12 +164,7 @@ async fn works_with_a_backend_ai_style_watcher() {
 #[actix_rt::test]
 async fn etcd_stopped_is_503_and_the_daemon_recovers_when_it_returns() {
     let mut etcd = PrivateEtcd::start();
-    let endpoint = etcd.endpoint();
-    let app = TestApp::spawn_with(|c| {
-        c.etcd.endpoints = vec![endpoint.clone()];
-        c.etcd.timeout_ms = 500;
-    })
-    .await;
+    let app = TestApp::spawn_with_etcd(&etcd.endpoint(), |_| {}).await;
     let d = tempfile::tempdir().unwrap();
     let _w = watched(&app, "i-etcd", &slow_service(&d.path().join("s.log"), "0"), &[]).await;
     assert_eq!(app.get("/resource/watcher?agent_id=i-etcd").await.0, 200);

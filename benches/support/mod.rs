@@ -124,6 +124,29 @@ pub struct Setup {
     pub logs: tempfile::TempDir,
 }
 
+/// The release `agent-watcher` (process back-end, supervising `sleep`) on a free port, once it answers.
+pub fn start_watcher(s: &Setup, extra: &[&str]) -> Proc {
+    let port = free_port();
+    let log = std::fs::File::create(s.logs.path().join(format!("watcher-{port}.log"))).unwrap();
+    let child = Command::new(bin_dir().join("agent-watcher"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--token", TOKEN, "--backend", "process"])
+        .args(extra)
+        .arg("--log-file")
+        .arg(s.logs.path().join(format!("agent-{port}.log")))
+        .args(["--", "sleep", "100000"])
+        .env("RUST_LOG", "warn")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("run target/release/agent-watcher (the bench scripts build it)");
+    let p = Proc { child, port };
+    assert!(
+        wait_until(Duration::from_secs(10), || http_status(port, "/", &[("X-BackendAI-Watcher-Token", TOKEN)]) == 200),
+        "agent-watcher did not start"
+    );
+    p
+}
+
 /// `agent-supervisor serve` configured from the environment, once `/healthz` answers.
 pub fn start_daemon(s: &Setup, name: &str) -> Proc {
     start_daemon_with(s, name, free_port(), &[])

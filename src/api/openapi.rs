@@ -130,7 +130,7 @@ pub struct WatcherCommandErrors;
 
 impl utoipa::IntoResponses for WatcherCommandErrors {
     fn responses() -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::response::Response>> {
-        [
+        refs(&[
             ("400", "BadRequest"),
             ("401", "WatcherUnauthorized"),
             ("403", "WatcherForbidden"),
@@ -139,13 +139,35 @@ impl utoipa::IntoResponses for WatcherCommandErrors {
             ("502", "WatcherBadGateway"),
             ("503", "Unavailable"),
             ("504", "WatcherTimeout"),
-        ]
-        .into_iter()
+        ])
+    }
+}
+
+/// The errors every signed route can answer: a malformed request, a bad signature, a keypair that is not enough, and
+/// a server or dependency failure.
+pub struct SignedRouteErrors;
+
+impl utoipa::IntoResponses for SignedRouteErrors {
+    fn responses() -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::response::Response>> {
+        refs(&[
+            ("400", "BadRequest"),
+            ("401", "Unauthorized"),
+            ("403", "Forbidden"),
+            ("500", "InternalError"),
+            ("503", "Unavailable"),
+        ])
+    }
+}
+
+/// `status → #/components/responses/{name}`.
+fn refs(
+    list: &[(&str, &str)],
+) -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::response::Response>> {
+    list.iter()
         .map(|(status, name)| {
-            (status.to_owned(), utoipa::openapi::RefOr::Ref(utoipa::openapi::Ref::from_response_name(name)))
+            ((*status).to_owned(), utoipa::openapi::RefOr::Ref(utoipa::openapi::Ref::from_response_name(*name)))
         })
         .collect()
-    }
 }
 
 /// The security schemes: Backend.AI's request signing needs three headers together.

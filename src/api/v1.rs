@@ -7,7 +7,7 @@ use super::{
     body::Body,
     openapi::{
         AgentNotFound, BadRequest, Forbidden, InternalError, PayloadTooLarge, ProblemDocument, RpcBadGateway,
-        RpcTimeout, Unauthorized, Unavailable, WatcherBadGateway, WatcherForbidden, WatcherTimeout,
+        RpcTimeout, SignedRouteErrors, Unauthorized, Unavailable, WatcherBadGateway, WatcherForbidden, WatcherTimeout,
         WatcherUnauthorized,
     },
     params::{force_from_query, parse_agent_id, parse_bool, query_pairs},
@@ -33,15 +33,11 @@ const MAX_EVENTS: i64 = 1000;
 #[utoipa::path(post, path = "/v1/agents", tag = "v1", operation_id = "agent_register",
     request_body(content = RegisterAgent, content_type = "application/json"),
     responses(
+        SignedRouteErrors,
         (status = 200, description = "Registered; `created` says whether it is new", body = RegisteredAgent),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, description = "`scaling_group_not_found` (give `create_scaling_group: true` to create it)", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 409, description = "`managed_by_backend_ai`: in Backend.AI mode agents are Backend.AI's", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 413, response = PayloadTooLarge),
-        (status = 500, response = InternalError),
-        (status = 503, response = Unavailable),
     ),
     security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
 pub async fn register(
@@ -58,13 +54,9 @@ pub async fn register(
 #[utoipa::path(get, path = "/v1/agents/{id}", tag = "v1", operation_id = "agent_get",
     params(("id" = String, Path, description = "The agent id")),
     responses(
+        SignedRouteErrors,
         (status = 200, description = "The agent", body = crate::service::AgentListing),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, response = AgentNotFound),
-        (status = 500, response = InternalError),
-        (status = 503, response = Unavailable),
     ),
     security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
 pub async fn get_agent(
@@ -84,15 +76,11 @@ pub async fn get_agent(
     params(("id" = String, Path, description = "The agent id")),
     request_body(content = UpdateAgent, content_type = "application/json"),
     responses(
+        SignedRouteErrors,
         (status = 200, description = "Changed", body = RegisteredAgent),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, description = "`agent_not_found`, or `scaling_group_not_found`", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 409, description = "`managed_by_backend_ai`", body = ProblemDocument, content_type = "application/problem+json"),
         (status = 413, response = PayloadTooLarge),
-        (status = 500, response = InternalError),
-        (status = 503, response = Unavailable),
     ),
     security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
 pub async fn update_agent(
@@ -115,14 +103,10 @@ pub async fn update_agent(
         ("force" = Option<bool>, Query, description = "Remove it even with kernels occupying it"),
     ),
     responses(
+        SignedRouteErrors,
         (status = 200, description = "Removed", body = DeregisteredAgent),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, response = AgentNotFound),
         (status = 409, description = "`agent_has_running_kernels` (with `kernel_count`), or `managed_by_backend_ai`", body = ProblemDocument, content_type = "application/problem+json"),
-        (status = 500, response = InternalError),
-        (status = 503, response = Unavailable),
     ),
     security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
 pub async fn deregister(
@@ -172,12 +156,8 @@ pub async fn cluster(_who: Superadmin, req: HttpRequest, state: web::Data<AppSta
         ("unregistered" = Option<bool>, Query, description = "Also list the agents etcd knows that have no row (needs `agents.discover`; else 400)"),
     ),
     responses(
+        SignedRouteErrors,
         (status = 200, description = "The agents", body = AgentList),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 500, response = InternalError),
-        (status = 503, response = Unavailable),
     ),
     security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
 pub async fn list_agents(
@@ -315,13 +295,9 @@ pub async fn restart(
         ("before" = Option<i64>, Query, minimum = 1, description = "Only events older than this event id: the next page after a page whose last event had this id"),
     ),
     responses(
+        SignedRouteErrors,
         (status = 200, description = "The agent's audit trail", body = AgentEvents),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, response = AgentNotFound),
-        (status = 500, response = InternalError),
-        (status = 503, response = Unavailable),
     ),
     security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
 pub async fn events(
@@ -385,12 +361,8 @@ pub async fn sync(
     description = "Recompute every agent's occupied slots and each access key's concurrency in one transaction. \
                    Concurrent requests coalesce: one arriving during a run gets the next run's report.",
     responses(
+        SignedRouteErrors,
         (status = 200, description = "The report of the run that answered", body = RecalculateUsageResult),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 500, response = InternalError),
-        (status = 503, response = Unavailable),
     ),
     security(("backendai" = [], "backendai_date" = [], "backendai_version" = [])))]
 pub async fn recalculate(

@@ -25,30 +25,43 @@ struct Epoch {
     epoch: i64,
 }
 
-/// Records a started command (or any audit event) under `fence`: in one transaction with the epoch check, or
-/// plainly without high availability. Returns the event id.
+/// `$write` (an expression using the connection `$conn`) in a transaction that first checks `$fence` against the
+/// stored epoch, or plainly when `$fence` is `None`.
+macro_rules! fenced {
+    ($db:expr, $fence:expr, |$conn:ident| $write:expr) => {{
+        let mut conn = $db.conn().await?;
+        match $fence {
+            None => {
+                let $conn = &mut *conn;
+                $write
+            }
+            Some(epoch) => {
+                conn.transaction::<_, DbError, _>(async |$conn| {
+                    check_epoch($conn, epoch).await?;
+                    $write
+                })
+                .await
+            }
+        }
+    }};
+}
+
+/// Records a started command (or any audit event) under `fence`. Returns the event id.
 pub async fn insert_event(db: &Db, fence: Fence, event: &NewAgentEvent) -> Result<i64, DbError> {
-    let mut conn = db.conn().await?;
-    let Some(epoch) = fence else { return queries::insert_event(&mut conn, event).await };
-    conn.transaction::<i64, DbError, _>(async |conn| {
-        check_epoch(conn, epoch).await?;
-        queries::insert_event(conn, event).await
-    })
-    .await
+    fenced!(db, fence, |conn| queries::insert_event(conn, event).await)
 }
 
 /// Records how a command ended, under the epoch it started under.
 pub async fn finish_event(db: &Db, fence: Fence, end: &EventEnd<'_>) -> Result<(), DbError> {
-    let mut conn = db.conn().await?;
-    let finish = async |conn: &mut AsyncPgConnection| {
-        queries::finish_event(conn, end.id, end.outcome, end.http_status, end.detail, end.finished_at).await
-    };
-    let Some(epoch) = fence else { return finish(&mut conn).await };
-    conn.transaction::<(), DbError, _>(async |conn| {
-        check_epoch(conn, epoch).await?;
-        queries::finish_event(conn, end.id, end.outcome, end.http_status, end.detail, end.finished_at).await
-    })
-    .await
+    fenced!(db, fence, |conn| queries::finish_event(
+        conn,
+        end.id,
+        end.outcome,
+        end.http_status,
+        end.detail,
+        end.finished_at
+    )
+    .await)
 }
 
 /// How a command ended (the update [`finish_event`] makes).

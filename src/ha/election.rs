@@ -177,10 +177,7 @@ impl Session {
     /// Leads until the lease cannot be renewed in time, the leader key changes hands, or shutdown.
     async fn lead(&mut self, l: &Leadership, epoch: i64) -> Result<Stop, String> {
         let mut watch = self.watch_leader_key(epoch + 1).await.ok();
-        let mut tick = tokio::time::interval(self.ttl / 3);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut resign = l.resign_signal();
-        let resigned = async move { resign.wait_for(|r| *r).await.map(|_| ()) };
+        let (mut tick, resigned) = self.pace(l);
         tokio::pin!(resigned);
         loop {
             tokio::select! {
@@ -218,10 +215,7 @@ impl Session {
     /// Follows until the leader key is deleted (then campaigns again), the lease is lost or the watch breaks.
     async fn follow(&mut self, l: &Leadership, watch_from: i64) -> Result<Stop, String> {
         let mut watch = Some(self.watch_leader_key(watch_from).await.map_err(|e| e.to_string())?);
-        let mut tick = tokio::time::interval(self.ttl / 3);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut resign = l.resign_signal();
-        let resigned = async move { resign.wait_for(|r| *r).await.map(|_| ()) };
+        let (mut tick, resigned) = self.pace(l);
         tokio::pin!(resigned);
         loop {
             tokio::select! {
@@ -243,6 +237,16 @@ impl Session {
                 _ = &mut resigned => return Ok(Stop::Resigned),
             }
         }
+    }
+
+    /// The renewal tick (a third of the TTL) and what resolves when the replica shuts down.
+    fn pace(&self, l: &Leadership) -> (tokio::time::Interval, impl Future<Output = ()> + use<>) {
+        let mut tick = tokio::time::interval(self.ttl / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resign = l.resign_signal();
+        (tick, async move {
+            let _ = resign.wait_for(|r| *r).await;
+        })
     }
 
     /// One keep-alive; on success the lease is certainly valid until the time it was sent plus the TTL, less the

@@ -95,6 +95,16 @@ impl TestApp {
         Self::spawn_on(TestDb::in_mode(mode).await, tweak).await
     }
 
+    /// A daemon on the etcd at `endpoint` (a test's private etcd, which it may stop), with a short etcd timeout.
+    pub async fn spawn_with_etcd(endpoint: &str, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::spawn_with(|c| {
+            c.etcd.endpoints = vec![endpoint.to_owned()];
+            c.etcd.timeout_ms = 500;
+            tweak(c);
+        })
+        .await
+    }
+
     /// A daemon whose database lives on a PostgreSQL server of the test's own, which the test may stop and start.
     pub async fn spawn_on_private_postgres(
         pg: &super::procs::PrivatePostgres,
