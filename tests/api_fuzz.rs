@@ -97,6 +97,11 @@ async fn schemathesis_finds_no_server_error_and_no_drift() {
         app.add_agent(id).await;
         app.register_watcher(id, watcher.port()).await;
     }
+    // Registrations the fuzzer may change and remove, apart from the agents it commands.
+    for id in ["i-fuzz-registry-1", "i-fuzz-registry-2"] {
+        app.add_agent(id).await;
+        app.register_watcher(id, stopped.port()).await;
+    }
 
     let work = tempfile::tempdir().unwrap();
     let started = Instant::now();
@@ -108,6 +113,7 @@ async fn schemathesis_finds_no_server_error_and_no_drift() {
         .env("BACKEND_ACCESS_KEY", &app.admin.access_key)
         .env("BACKEND_SECRET_KEY", &app.admin.secret_key)
         .env("FUZZ_AGENT_IDS", "i-fuzz-running,i-fuzz-stopped")
+        .env("FUZZ_REGISTRY_AGENT_IDS", "i-fuzz-registry-1,i-fuzz-registry-2")
         .env("NO_COLOR", "1")
         .args(["-m", "schemathesis.cli", "run"])
         .arg(format!("{}/v1/openapi.json", app.url))

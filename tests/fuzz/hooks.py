@@ -5,7 +5,9 @@ on the prepared request (a `requests` auth handler), so it covers the method, th
 the Host and Content-Type headers that go on the wire. Recipe: src/auth/signing.rs.
 
 FUZZ_AGENT_IDS (comma-separated) names agents that exist: some generated cases get one of them instead of the
-generated id, so the happy paths (and the 409s of a real watcher) are reached too.
+generated id, so the happy paths (and the 409s of a real watcher) are reached too. Changes and removals of
+registrations (PATCH and DELETE /v1/agents/{id}) get FUZZ_REGISTRY_AGENT_IDS instead, so that a generated watcher
+address never lands on an agent the commands are run against.
 """
 
 import hashlib
@@ -21,6 +23,7 @@ import schemathesis
 API_VERSION = os.environ.get("BACKEND_API_VERSION", "v7.20230615")
 EMPTY_BODY_SHA256 = hashlib.sha256(b"").hexdigest()
 KNOWN_AGENTS = [a for a in os.environ.get("FUZZ_AGENT_IDS", "").split(",") if a]
+REGISTRY_AGENTS = [a for a in os.environ.get("FUZZ_REGISTRY_AGENT_IDS", "").split(",") if a]
 REAL_ID_SHARE = 0.3
 # Our own generator: hypothesis wants the module-level one left alone.
 _rng = random.Random(7)
@@ -69,9 +72,10 @@ def _signer():
 
 
 def _maybe_real_agent(case):
-    if not KNOWN_AGENTS or _rng.random() >= REAL_ID_SHARE:
+    known = REGISTRY_AGENTS if case.method.upper() in ("PATCH", "DELETE") else KNOWN_AGENTS
+    if not known or _rng.random() >= REAL_ID_SHARE:
         return
-    agent = _rng.choice(KNOWN_AGENTS)
+    agent = _rng.choice(known)
     if case.path_parameters and "id" in case.path_parameters:
         case.path_parameters["id"] = agent
     elif isinstance(case.body, dict) and ("agent_id" in case.body or "agent" in case.body):
