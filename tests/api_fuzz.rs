@@ -2,7 +2,10 @@
 //! real daemon and sends generated requests — positive and negative — to every operation, each signed with a
 //! superadmin keypair by `tests/fuzz/hooks.py`. No response may be a 5xx, and every response must match the
 //! document (status, content type, schema). Two agents exist, each under a real watcher (one running, one stopped), and
-//! the hooks swap their ids into some cases, so happy paths and the watchers' answers (409s included) are reached. Excluded operations: none.
+//! the hooks swap their ids into some cases, so happy paths and the watchers' answers (409s included) are reached.
+//! Two more agents are there for the registration routes to change and remove; the one 5xx allowed is the
+//! `502 watcher_unreachable` of one of those after the fuzzer moved its watcher address to a closed port.
+//! Excluded operations: none.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -120,7 +123,7 @@ async fn schemathesis_finds_no_server_error_and_no_drift() {
         .args(["--url", &app.url])
         .args([
             "--checks",
-            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+            "not_a_server_error_but_a_moved_watcher,status_code_conformance,content_type_conformance,response_schema_conformance",
         ])
         .args(["--max-examples", MAX_EXAMPLES])
         .args(["--phases", "examples,coverage,fuzzing"])

@@ -5,9 +5,13 @@ on the prepared request (a `requests` auth handler), so it covers the method, th
 the Host and Content-Type headers that go on the wire. Recipe: src/auth/signing.rs.
 
 FUZZ_AGENT_IDS (comma-separated) names agents that exist: some generated cases get one of them instead of the
-generated id, so the happy paths (and the 409s of a real watcher) are reached too. Changes and removals of
-registrations (PATCH and DELETE /v1/agents/{id}) get FUZZ_REGISTRY_AGENT_IDS instead, so that a generated watcher
-address never lands on an agent the commands are run against.
+generated id, so the happy paths (and the 409s of a real watcher) are reached too. Registrations (POST, PATCH and
+DELETE of /v1/agents) get FUZZ_REGISTRY_AGENT_IDS instead, always, even when schemathesis itself found one of the
+commanded ids in an earlier response: a generated watcher address must never land on an agent the commands are run
+against. Schemathesis does reuse the registry ids it reads from responses on the command routes, and there a
+`502 watcher_unreachable` is the right answer for an agent whose watcher the fuzzer moved to a closed port: the check
+`not_a_server_error_but_a_moved_watcher` allows exactly that, and nothing else, on top of schemathesis' own
+`not_a_server_error`.
 """
 
 import hashlib
@@ -19,6 +23,7 @@ from urllib.parse import urlsplit
 
 import requests
 import schemathesis
+from schemathesis.checks import not_a_server_error
 
 API_VERSION = os.environ.get("BACKEND_API_VERSION", "v7.20230615")
 EMPTY_BODY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -71,8 +76,24 @@ def _signer():
     return BackendAISigner(os.environ["BACKEND_ACCESS_KEY"], os.environ["BACKEND_SECRET_KEY"])
 
 
+def _changes_registration(case):
+    return case.method.upper() in ("POST", "PATCH", "DELETE") and case.path in ("/v1/agents", "/v1/agents/{id}")
+
+
+def _keep_commanded_agents_registered(case):
+    params = case.path_parameters or {}
+    if params.get("id") in KNOWN_AGENTS:
+        params["id"] = _rng.choice(REGISTRY_AGENTS)
+    if isinstance(case.body, dict) and case.body.get("id") in KNOWN_AGENTS:
+        case.body["id"] = _rng.choice(REGISTRY_AGENTS)
+
+
 def _maybe_real_agent(case):
-    known = REGISTRY_AGENTS if case.method.upper() in ("PATCH", "DELETE") else KNOWN_AGENTS
+    if _changes_registration(case):
+        _keep_commanded_agents_registered(case)
+        known = REGISTRY_AGENTS
+    else:
+        known = KNOWN_AGENTS
     if not known or _rng.random() >= REAL_ID_SHARE:
         return
     agent = _rng.choice(known)
@@ -88,3 +109,20 @@ def _maybe_real_agent(case):
 def before_call(context, case, kwargs):
     _maybe_real_agent(case)
     kwargs["auth"] = _signer()
+
+
+def _moved_watcher(response):
+    if response.status_code != 502:
+        return False
+    try:
+        problem = response.json()
+    except ValueError:
+        return False
+    return problem.get("error_code") == "watcher_unreachable" and problem.get("agent_id") in REGISTRY_AGENTS
+
+
+@schemathesis.check
+def not_a_server_error_but_a_moved_watcher(ctx, response, case):
+    if _moved_watcher(response):
+        return None
+    return not_a_server_error(ctx, response, case)
