@@ -207,9 +207,8 @@ impl Supervisor {
         action: GetWatcherStatusAction,
     ) -> Result<GetWatcherStatusActionResult, Problem> {
         let agent = self.agent(&action.agent_id).await?;
-        // No timer of its own: the actor answers within the status timeout (its watcher call is bounded by it), and a
-        // stopped actor drops the request (`shutting_down`).
-        agent.send(GetWatcherStatus).await.map_err(mailbox)?
+        // No timer of its own: the actor answers within the status timeout (its watcher call is bounded by it).
+        GetWatcherStatus::ask(&agent, &action.agent_id).await
     }
 
     pub async fn watcher_agent_start(
@@ -296,17 +295,21 @@ impl Supervisor {
         let refreshes = rows.into_iter().map(|row| {
             let known = AgentId::parse(&row.id).ok().map(|id| (actors.get(&id).cloned(), id));
             async move {
-                let addr = match known {
-                    Some((Some(addr), _)) => Some(addr),
-                    // Listed but without an actor yet (added after start-up): create it, as any request would.
-                    Some((None, id)) => self.agent(&id).await.ok(),
-                    None => None,
-                };
-                let snapshot = match addr {
-                    Some(addr) => {
-                        // The outcome is kept in the actor's observation, which the snapshot carries.
-                        let _ = addr.send(GetWatcherStatus).timeout(status_bound).await;
-                        addr.send(GetSnapshot).await.ok()
+                let snapshot = match known {
+                    Some((addr, id)) => {
+                        let addr = match addr {
+                            Some(addr) => Some(addr),
+                            // Listed but without an actor yet (added after start-up): create it, as any request would.
+                            None => self.agent(&id).await.ok(),
+                        };
+                        match addr {
+                            Some(addr) => {
+                                // The outcome is kept in the actor's observation, which the snapshot carries.
+                                let _ = tokio::time::timeout(status_bound, GetWatcherStatus::ask(&addr, &id)).await;
+                                addr.send(GetSnapshot).await.ok()
+                            }
+                            None => None,
+                        }
                     }
                     None => None,
                 };

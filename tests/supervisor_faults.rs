@@ -80,7 +80,7 @@ async fn status_is_answered_during_a_slow_command_and_agents_run_in_parallel() {
 
     // The restart of i-pa is in flight; its status is answered anyway, within the status budget.
     let status_started = Instant::now();
-    let status = a.send(GetWatcherStatus).await.unwrap().unwrap();
+    let status = GetWatcherStatus::ask(&a, &id("i-pa")).await.unwrap();
     assert!(status_started.elapsed() < Duration::from_secs(1), "status waited {:?}", status_started.elapsed());
     assert!(status.data()["agent-status"].is_string());
 
@@ -272,7 +272,7 @@ async fn concurrent_status_requests_share_one_watcher_call_but_never_across_a_co
     let mut pending = Vec::new();
     for _ in 0..10 {
         let a = actor.clone();
-        pending.push(actix_rt::spawn(async move { a.send(GetWatcherStatus).await.unwrap().unwrap() }));
+        pending.push(actix_rt::spawn(async move { GetWatcherStatus::ask(&a, &id("i-flight")).await.unwrap() }));
     }
     for p in pending {
         assert_eq!(p.await.unwrap().data()["call"], 1);
@@ -280,17 +280,17 @@ async fn concurrent_status_requests_share_one_watcher_call_but_never_across_a_co
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 
     // A request that arrives after the call ended gets a call of its own.
-    assert_eq!(actor.send(GetWatcherStatus).await.unwrap().unwrap().data()["call"], 2);
+    assert_eq!(GetWatcherStatus::ask(&actor, &id("i-flight")).await.unwrap().data()["call"], 2);
 
     // A command between two status requests: the second does not join the call that began before the command.
     let first = {
         let a = actor.clone();
-        actix_rt::spawn(async move { a.send(GetWatcherStatus).await.unwrap().unwrap() })
+        actix_rt::spawn(async move { GetWatcherStatus::ask(&a, &id("i-flight")).await.unwrap() })
     };
     // The watcher has the third call (the first status request's) before the command is sent.
     assert!(common::eventually(Duration::from_secs(5), || async { calls.load(Ordering::SeqCst) == 3 }).await);
     actor.send(WatcherAgentRestart { requester: "t".into() }).await.unwrap().unwrap();
-    let second = actor.send(GetWatcherStatus).await.unwrap().unwrap();
+    let second = GetWatcherStatus::ask(&actor, &id("i-flight")).await.unwrap();
     assert_eq!(first.await.unwrap().data()["call"], 3);
     assert_eq!(second.data()["call"], 4, "the status after the restart came from a call made after it");
 }
@@ -306,7 +306,7 @@ async fn agent_actors_live_on_the_http_workers_and_are_started_again_when_those_
     assert_eq!((status, body["watcher"]["call"].as_u64()), (200, Some(1)), "{body}");
     let registry = app.running.supervisor.registry().clone();
     let actor = registry.send(GetAgent { agent_id: id("i-home") }).await.unwrap().unwrap();
-    assert_eq!(actor.send(GetWatcherStatus).await.unwrap().unwrap().data()["call"], 2);
+    assert_eq!(GetWatcherStatus::ask(&actor, &id("i-home")).await.unwrap().data()["call"], 2);
 
     // The actor lives on an HTTP worker thread: stopping the HTTP server stops it too.
     app.running.server.stop(true).await;
@@ -315,7 +315,8 @@ async fn agent_actors_live_on_the_http_workers_and_are_started_again_when_those_
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(!actor.connected(), "the agent's actor outlived the HTTP workers");
-    assert!(actor.send(GetWatcherStatus).await.is_err());
+    let gone = GetWatcherStatus::ask(&actor, &id("i-home")).await.unwrap_err();
+    assert_eq!(gone.code, ErrorCode::ShuttingDown, "{gone:?}");
 
     // Unasked, the registry starts it again (on its own thread, no worker being left), and it answers.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -327,11 +328,11 @@ async fn agent_actors_live_on_the_http_workers_and_are_started_again_when_those_
         assert!(Instant::now() < deadline, "the stopped actor was not started again");
         actix_rt::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(revived.send(GetWatcherStatus).await.unwrap().unwrap().data()["call"], 3);
+    assert_eq!(GetWatcherStatus::ask(&revived, &id("i-home")).await.unwrap().data()["call"], 3);
     let again = registry.send(GetAgent { agent_id: id("i-home") }).await.unwrap().unwrap();
     assert!(again.connected());
     assert_eq!(again.send(WatcherAgentRestart { requester: "t".into() }).await.unwrap().unwrap().data["result"], "ok");
-    assert_eq!(again.send(GetWatcherStatus).await.unwrap().unwrap().data()["call"], 4);
+    assert_eq!(GetWatcherStatus::ask(&again, &id("i-home")).await.unwrap().data()["call"], 4);
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 4);
 }
 

@@ -53,10 +53,28 @@ pub struct CommandOutcome {
     pub elapsed_ms: u64,
 }
 
-/// Ask the watcher whether the agent service is up (seed: `GetWatcherStatusAction`).
+/// Ask the watcher whether the agent service is up (seed: `GetWatcherStatusAction`). The answer goes straight to
+/// `reply`: a status request costs one channel, not actix's response future (a task of its own per request).
+/// [`GetWatcherStatus::ask`] sends it and waits.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<GetWatcherStatusResult, Problem>")]
-pub struct GetWatcherStatus;
+#[rtype(result = "()")]
+pub struct GetWatcherStatus {
+    pub reply: StatusReply,
+}
+
+impl GetWatcherStatus {
+    /// Asks the actor of agent `id` and waits for the answer: from the watcher call in flight when the question
+    /// arrived, or from a new one. Bounded by the status timeout (the actor's call is); a stopped actor answers
+    /// `shutting_down`.
+    pub async fn ask(agent: &Addr<AgentActor>, id: &AgentId) -> Result<GetWatcherStatusResult, Problem> {
+        let (reply, answer) = oneshot::channel();
+        agent.do_send(GetWatcherStatus { reply });
+        answer.await.unwrap_or_else(|_| {
+            Err(Problem::new(ErrorCode::ShuttingDown, "the agent's actor stopped before it answered")
+                .for_agent(id.as_str()))
+        })
+    }
+}
 
 /// `GetWatcherStatusActionResult`: the watcher's JSON, verbatim. Shared by every request one watcher call answers.
 #[derive(Debug, Clone)]
@@ -187,7 +205,7 @@ pub struct AgentActor {
     retiring: bool,
 }
 
-type StatusReply = oneshot::Sender<Result<GetWatcherStatusResult, Problem>>;
+pub type StatusReply = oneshot::Sender<Result<GetWatcherStatusResult, Problem>>;
 
 /// One watcher status call and everyone waiting for its answer.
 struct Flight {
@@ -440,17 +458,10 @@ impl Actor for AgentActor {
 }
 
 impl Handler<GetWatcherStatus> for AgentActor {
-    type Result = ResponseFuture<Result<GetWatcherStatusResult, Problem>>;
+    type Result = ();
 
-    fn handle(&mut self, _: GetWatcherStatus, ctx: &mut Self::Context) -> Self::Result {
-        let (tx, rx) = oneshot::channel();
-        self.status(Some(tx), ctx);
-        let id = self.id.clone();
-        Box::pin(async move {
-            rx.await.unwrap_or_else(|_| {
-                Err(Problem::new(ErrorCode::ShuttingDown, "the status call was dropped").for_agent(id.as_str()))
-            })
-        })
+    fn handle(&mut self, msg: GetWatcherStatus, ctx: &mut Self::Context) {
+        self.status(Some(msg.reply), ctx);
     }
 }
 
