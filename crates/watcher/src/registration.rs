@@ -19,11 +19,14 @@ pub async fn read_token(etcd: &Etcd) -> Result<Option<String>, EtcdError> {
     etcd.get(keys::WATCHER_TOKEN).await
 }
 
+/// Publishes the port (and the address, when given) in one etcd transaction, so that no reader ever sees the new
+/// port next to an old address.
 pub async fn register(etcd: &Etcd, reg: &Registration, port: u16) -> Result<(), EtcdError> {
-    etcd.put(&keys::agent_watcher_port(&reg.agent_id), &port.to_string()).await?;
+    let mut puts = vec![(keys::agent_watcher_port(&reg.agent_id), port.to_string())];
     if let Some(ip) = &reg.advertise_ip {
-        etcd.put(&keys::agent_ip(&reg.agent_id), ip).await?;
+        puts.push((keys::agent_ip(&reg.agent_id), ip.clone()));
     }
+    etcd.apply(&puts, &[]).await?;
     Ok(())
 }
 
