@@ -13,7 +13,8 @@
 //! (100 restarts in flight), `BENCH_COMMAND_MS` (50: how long a simulated command takes), `WRK_DURATION` (10s),
 //! `WRK_CONNECTIONS` (8), `WRK_THREADS` (2), `BENCH_ONLY=proxy` (the status proxy rows only), `BENCH_ONLY=registry`
 //! (the registration rows only), `BENCH_WRK_CPUS` (pins wrk with `taskset -c`), `BENCH_PROFILE=<file>`
-//! (records the daemon with `perf record -g` into `<file>` while wrk drives the status proxy). `AGENT_SUPERVISOR_*`
+//! (records the daemon with `perf record -g` into `<file>` while wrk drives the status proxy), `BENCH_PAIRS` (3)
+//! and `WRK_PAIR_DURATION` (5s): the alternating proxied/`whoami` pairs of the CPU ratio row. `AGENT_SUPERVISOR_*`
 //! variables other than those set here reach the daemon (e.g. `AGENT_SUPERVISOR_API_WORKERS=2`). Each wrk run also
 //! reports the CPU time per request of the daemon, the watcher and wrk itself.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -114,6 +115,7 @@ fn duration_ms(s: &str) -> f64 {
 
 fn run_wrk(
     label: &str,
+    duration: &str,
     url: &str,
     headers: &[(&str, &str)],
     script_env: Option<&[(&str, String)]>,
@@ -128,15 +130,7 @@ fn run_wrk(
         }
         Err(_) => Command::new("wrk"),
     };
-    cmd.args([
-        "-t",
-        &env_or("WRK_THREADS", "2"),
-        "-c",
-        &env_or("WRK_CONNECTIONS", "8"),
-        "-d",
-        &env_or("WRK_DURATION", "10s"),
-        "--latency",
-    ]);
+    cmd.args(["-t", &env_or("WRK_THREADS", "2"), "-c", &env_or("WRK_CONNECTIONS", "8"), "-d", duration, "--latency"]);
     for (k, v) in headers {
         cmd.args(["-H", &format!("{k}: {v}")]);
     }
@@ -221,6 +215,7 @@ async fn run(db_url: String) -> Vec<Row> {
         );
         assert_eq!(check, 200, "the precomputed signed request is not accepted");
         let both = [daemon.pid(), watcher.pid()];
+        let wrk_duration = env_or("WRK_DURATION", "10s");
         // The call alone: the daemon's watcher client, in this process, with no HTTP server in front.
         for c in [1usize, 8] {
             let (per_call, calls_per_s) = watcher_call_cpu(port, c, 20_000).await;
@@ -233,6 +228,7 @@ async fn run(db_url: String) -> Vec<Row> {
         }
         let direct = run_wrk(
             "direct: GET / on agent-watcher",
+            &wrk_duration,
             &format!("http://127.0.0.1:{port}/"),
             &[("X-BackendAI-Watcher-Token", TOKEN)],
             None,
@@ -252,6 +248,7 @@ async fn run(db_url: String) -> Vec<Row> {
         );
         let proxied = run_wrk(
             "through the daemon: GET /resource/watcher",
+            &wrk_duration,
             &format!("http://127.0.0.1:{}{path}", daemon.port),
             &[],
             Some(&vars),
@@ -270,15 +267,18 @@ async fn run(db_url: String) -> Vec<Row> {
         // Where the cost sits: the daemon's HTTP stack alone, and with signature verification.
         let healthz = run_wrk(
             "the daemon's HTTP stack: GET /healthz (unsigned)",
+            &wrk_duration,
             &format!("http://127.0.0.1:{}/healthz", daemon.port),
             &[],
             None,
             &both,
         );
         let whoami_vars = wrk_signed_env(&signed_headers(&setup, daemon.port, "GET", "/v1/whoami"));
+        let whoami_url = format!("http://127.0.0.1:{}/v1/whoami", daemon.port);
         let whoami = run_wrk(
             "signature verification: GET /v1/whoami",
-            &format!("http://127.0.0.1:{}/v1/whoami", daemon.port),
+            &wrk_duration,
+            &whoami_url,
             &[],
             Some(&whoami_vars),
             &both,
@@ -367,6 +367,43 @@ async fn run(db_url: String) -> Vec<Row> {
                 cpu(&proxied, 1)
             ),
             "—",
+        );
+        // The ratio the status proxy is held to: its CPU per request over the signed `whoami` floor. Also measured
+        // in alternating pairs of short runs, so that a change in the machine's speed between two runs (a shared VM's
+        // neighbours) falls on both sides of each pair rather than on one side of the ratio.
+        let mut ratios = Vec::new();
+        for pair in 1..=env_usize("BENCH_PAIRS", 3) {
+            let pair_duration = env_or("WRK_PAIR_DURATION", "5s");
+            let p = run_wrk(
+                &format!("pair {pair}: GET /resource/watcher"),
+                &pair_duration,
+                &format!("http://127.0.0.1:{}{path}", daemon.port),
+                &[],
+                Some(&vars),
+                &both,
+            );
+            let w = run_wrk(
+                &format!("pair {pair}: GET /v1/whoami"),
+                &pair_duration,
+                &whoami_url,
+                &[],
+                Some(&whoami_vars),
+                &both,
+            );
+            assert_eq!((p.non2xx, w.non2xx), (0, 0), "non-2xx answers under load");
+            ratios.push(cpu(&p, 0) / cpu(&w, 0));
+        }
+        let listed = ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", ");
+        ratios.sort_by(f64::total_cmp);
+        let median = ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN);
+        row(
+            &mut rows,
+            "daemon CPU per proxied status ÷ per signed `whoami`",
+            format!(
+                "{median:.2}× (median of alternating pairs: {listed}); {:.2}× from the runs above",
+                cpu(&proxied, 0) / cpu(&whoami, 0)
+            ),
+            "≤ 1.5×",
         );
         drop(daemon);
         drop(watcher);
