@@ -246,14 +246,9 @@ async fn run(db_url: String) -> Vec<Row> {
             counter(daemon.port, "http_requests_total", "status=\"200\""),
             counter(daemon.port, "watcher_calls_total", "kind=\"status\""),
         );
-        let proxied = run_wrk(
-            "through the daemon: GET /resource/watcher",
-            &wrk_duration,
-            &format!("http://127.0.0.1:{}{path}", daemon.port),
-            &[],
-            Some(&vars),
-            &both,
-        );
+        let proxied_url = format!("http://127.0.0.1:{}{path}", daemon.port);
+        let proxied =
+            run_wrk("through the daemon: GET /resource/watcher", &wrk_duration, &proxied_url, &[], Some(&vars), &both);
         let answered = counter(daemon.port, "http_requests_total", "status=\"200\"") - answered_before;
         let calls = counter(daemon.port, "watcher_calls_total", "kind=\"status\"") - calls_before;
         // Slow watcher calls tell a stall at the watcher (or on the way to it) from one inside the daemon.
@@ -372,12 +367,12 @@ async fn run(db_url: String) -> Vec<Row> {
         // in alternating pairs of short runs, so that a change in the machine's speed between two runs (a shared VM's
         // neighbours) falls on both sides of each pair rather than on one side of the ratio.
         let mut ratios = Vec::new();
+        let pair_duration = env_or("WRK_PAIR_DURATION", "5s");
         for pair in 1..=env_usize("BENCH_PAIRS", 3) {
-            let pair_duration = env_or("WRK_PAIR_DURATION", "5s");
             let p = run_wrk(
                 &format!("pair {pair}: GET /resource/watcher"),
                 &pair_duration,
-                &format!("http://127.0.0.1:{}{path}", daemon.port),
+                &proxied_url,
                 &[],
                 Some(&vars),
                 &both,

@@ -295,25 +295,19 @@ impl Supervisor {
         let refreshes = rows.into_iter().map(|row| {
             let known = AgentId::parse(&row.id).ok().map(|id| (actors.get(&id).cloned(), id));
             async move {
-                let snapshot = match known {
-                    Some((addr, id)) => {
-                        let addr = match addr {
-                            Some(addr) => Some(addr),
-                            // Listed but without an actor yet (added after start-up): create it, as any request would.
-                            None => self.agent(&id).await.ok(),
-                        };
-                        match addr {
-                            Some(addr) => {
-                                // The outcome is kept in the actor's observation, which the snapshot carries.
-                                let _ = tokio::time::timeout(status_bound, GetWatcherStatus::ask(&addr, &id)).await;
-                                addr.send(GetSnapshot).await.ok()
-                            }
-                            None => None,
-                        }
-                    }
-                    None => None,
-                };
-                AgentListing { row, supervision: snapshot }
+                let supervision = async {
+                    let (known, id) = known?;
+                    let addr = match known {
+                        Some(addr) => addr,
+                        // Listed but without an actor yet (added after start-up): create it, as any request would.
+                        None => self.agent(&id).await.ok()?,
+                    };
+                    // The outcome is kept in the actor's observation, which the snapshot carries.
+                    let _ = tokio::time::timeout(status_bound, GetWatcherStatus::ask(&addr, &id)).await;
+                    addr.send(GetSnapshot).await.ok()
+                }
+                .await;
+                AgentListing { row, supervision }
             }
         });
         Ok(futures_util::stream::iter(refreshes).buffered(self.settings.refresh_concurrency.max(1)).collect().await)
