@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use agent_supervisor::{
     actors::ListAgentActors,
-    config::DatabaseMode,
+    config::{Config, DatabaseMode, Secret},
     db::queries,
     domain::{AgentStatus, EventAction},
     etcd::Etcd,
@@ -17,7 +17,7 @@ use agent_supervisor::{
 use common::{
     Kernel,
     procs::{PrivateEtcd, free_port},
-    supervisor::{TOKEN, TestApp},
+    supervisor::{METRICS_TOKEN, TOKEN, TestApp},
     watcher::{WatcherProcess, running_watcher, slow_service},
 };
 use serde_json::{Value, json};
@@ -381,11 +381,7 @@ async fn in_backend_ai_mode_the_registry_answers_409() {
 
 #[actix_rt::test]
 async fn a_node_that_dies_is_lost_and_alive_again_when_it_returns() {
-    let app = TestApp::spawn_with(|c| {
-        c.agents.lost_after_s = 1;
-        c.watcher.probe_interval_s = 1;
-    })
-    .await;
+    let app = TestApp::spawn_with(quick_liveness).await;
     let d = tempfile::tempdir().unwrap();
     let cmd = slow_service(&d.path().join("s.log"), "0");
     let mut w = running_watcher(TOKEN, &cmd, &[]);
@@ -433,8 +429,44 @@ async fn a_node_that_dies_is_lost_and_alive_again_when_it_returns() {
     let changes: Vec<(&str, &str)> =
         liveness.iter().rev().map(|d| (d["from"].as_str().unwrap(), d["to"].as_str().unwrap())).collect();
     assert_eq!(changes, [("ALIVE", "LOST"), ("LOST", "ALIVE")]);
-    let (_, metrics_text) = app.get("/v1/whoami").await; // the API answers throughout
-    assert!(metrics_text.is_object());
+    let metrics = app.metrics().await;
+    for to in ["LOST", "ALIVE"] {
+        let line = format!("agent_supervisor_agent_liveness_transitions_total{{to=\"{to}\"}} 1");
+        assert!(metrics.contains(&line), "{line} missing from:\n{metrics}");
+    }
+}
+
+/// A node is LOST after one second without an answer, probed every second; metrics on.
+fn quick_liveness(c: &mut Config) {
+    c.agents.lost_after_s = 1;
+    c.watcher.probe_interval_s = 1;
+    c.metrics.token = Some(Secret::new(METRICS_TOKEN));
+}
+
+#[actix_rt::test]
+async fn in_backend_ai_mode_a_dead_node_is_left_to_backend_ais_heartbeat() {
+    let app = TestApp::spawn_in(DatabaseMode::BackendAi, quick_liveness).await;
+    app.add_agent("i-ba-dead").await;
+    app.register_watcher("i-ba-dead", free_port()).await;
+    assert_eq!(app.get("/v1/agents/i-ba-dead/watcher").await.0, 502);
+    // Unreachable for longer than `lost_after_s` plus a probe interval, by the actor's own observations: standalone
+    // mode has made it LOST by then (`a_node_that_dies_is_lost_and_alive_again_when_it_returns`).
+    let first_seen_down = std::cell::Cell::new(None);
+    let down_long_enough = common::eventually(Duration::from_secs(15), || async {
+        let (_, body) = app.get("/v1/agents/i-ba-dead").await;
+        let watcher = &body["supervision"]["watcher"];
+        let at = watcher["at"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        let (Some(at), Some(false)) = (at, watcher["reachable"].as_bool()) else { return false };
+        let first = first_seen_down.get().unwrap_or(at);
+        first_seen_down.set(Some(first));
+        at - first >= chrono::Duration::milliseconds(2_500)
+    })
+    .await;
+    assert!(down_long_enough, "the watcher was not seen down long enough");
+    let r = row(&app, "i-ba-dead").await.unwrap();
+    assert_eq!((r.status, r.lost_at), (AgentStatus::Alive, None));
+    assert!(!actions(&app, "i-ba-dead").await.contains(&EventAction::Liveness));
+    assert!(!app.metrics().await.contains("agent_liveness_transitions_total{"));
 }
 
 #[actix_rt::test]

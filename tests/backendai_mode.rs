@@ -16,7 +16,7 @@ use common::{
     Kernel, TestDb, TestEtcd,
     backendai::{self, INACTIVE_USER, USER},
     procs::PrivateRedis,
-    supervisor::{Creds, TestApp, test_config},
+    supervisor::{Creds, METRICS_TOKEN, TestApp, test_config},
 };
 use serde_json::json;
 
@@ -152,8 +152,7 @@ async fn the_keypair_commands_refuse_to_write_backend_ais_keypairs() {
 #[actix_rt::test]
 async fn concurrency_goes_to_the_redis_etcd_names_and_redis_failures_are_reported_not_fatal() {
     let mut redis = PrivateRedis::start(Some("redis-pw-never-logged"));
-    let app =
-        TestApp::spawn_in(DatabaseMode::BackendAi, |c| c.metrics.token = Some(Secret::new("metrics-token"))).await;
+    let app = TestApp::spawn_in(DatabaseMode::BackendAi, |c| c.metrics.token = Some(Secret::new(METRICS_TOKEN))).await;
     let etcd = agent_supervisor::etcd::Etcd::connect(&app.config.etcd).await.unwrap();
     etcd.put("config/redis/addr", &format!("127.0.0.1:{}", redis.port)).await.unwrap();
     etcd.put("config/redis/password", "wrong-password").await.unwrap();
@@ -201,9 +200,7 @@ async fn concurrency_goes_to_the_redis_etcd_names_and_redis_failures_are_reporte
     );
 
     // Each outcome is counted for the operator.
-    let mut scraped =
-        app.unsigned("GET", "/metrics").insert_header(("Authorization", "Bearer metrics-token")).send().await.unwrap();
-    let metrics = String::from_utf8(scraped.body().await.unwrap().to_vec()).unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains("agent_supervisor_redis_concurrency_writes_total{outcome=\"failed\"} 3"), "{metrics}");
     assert!(metrics.contains("agent_supervisor_redis_concurrency_writes_total{outcome=\"ok\"} 1"), "{metrics}");
 }

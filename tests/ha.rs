@@ -89,6 +89,12 @@ impl Fixture {
     }
 }
 
+/// The replica's `/metrics`.
+fn metrics(r: &Replica) -> String {
+    let auth = format!("Bearer {}", common::supervisor::METRICS_TOKEN);
+    common::procs::http_get(r.port, "/metrics", &[("Authorization", &auth)])
+}
+
 fn restart(r: &Replica, agent: &str) -> (u16, Value) {
     r.call("POST", &format!("/v1/agents/{agent}/restart")).unwrap_or((0, Value::Null))
 }
@@ -155,7 +161,7 @@ fn three_replicas_elect_one_leader_and_run_commands_from_any_of_them_once_in_ord
     assert!(stdout.starts_with(&expected), "{stdout}");
     assert_eq!(stdout.lines().filter(|l| l.ends_with("follower")).count(), 2, "{stdout}");
     let follower = &replicas[(leader + 1) % 3];
-    let metrics = common::procs::http_get(follower.port, "/metrics", &[("Authorization", "Bearer metrics-token")]);
+    let metrics = metrics(follower);
     assert!(metrics.contains("agent_supervisor_forwarded_requests_total{outcome=\"ok\"} 2"), "{metrics}");
     assert!(metrics.contains("agent_supervisor_is_leader 0"), "{metrics}");
 }
@@ -192,6 +198,11 @@ fn a_leader_killed_during_a_slow_restart_is_replaced_and_the_restart_is_interrup
     let survivors: Vec<&Replica> = replicas.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, r)| r).collect();
     let now_leading = one_leader(&survivors, Duration::from_secs(10)).unwrap();
     let new_epoch = survivors[now_leading].view().unwrap()["epoch"].as_i64().unwrap();
+    // Each survivor saw two leaders: the killed one and the new one.
+    for r in &survivors {
+        let metrics = metrics(r);
+        assert!(metrics.contains("agent_supervisor_leader_changes_total 2"), "{metrics}");
+    }
     let runs = f.commands("i-slow");
     assert_eq!(runs.len(), 1);
     assert_eq!((runs[0].outcome, runs[0].epoch), (EventOutcome::Interrupted, Some(old_epoch)));
@@ -289,7 +300,16 @@ fn a_leader_cut_off_from_etcd_alone_steps_down_within_its_lease() {
         "the cut-off leader kept leading"
     );
     eprintln!("stepped down {:?} after the cut", cut_at.elapsed());
-    assert_eq!(restart(&first, "i-cut").1["error_code"], "no_leader");
+    let (status, head, body) = common::procs::try_http_signed_with_head(
+        first.port,
+        "POST",
+        "/v1/agents/i-cut/restart",
+        Some((&f.spec.creds.0, &f.spec.creds.1)),
+    )
+    .unwrap();
+    assert_eq!((status, body["error_code"].as_str()), (503, Some("no_leader")), "{body}");
+    // Come back after one lease: an election has been held by then.
+    assert!(head.to_ascii_lowercase().contains(&format!("\r\nretry-after: {TTL_S}\r\n")), "{head}");
     let rest: Vec<&Replica> = others.iter().collect();
     assert!(one_leader(&rest, Duration::from_secs(4 * (TTL_S + 1))).is_some());
     assert!(first.log().contains("stepped down"), "{}", first.log());

@@ -55,7 +55,7 @@ impl ClusterSpec {
             .env("AGENT_SUPERVISOR_API_LISTEN", format!("127.0.0.1:{port}"))
             .env("AGENT_SUPERVISOR_WATCHER_TOKEN", &self.watcher_token)
             .env("AGENT_SUPERVISOR_WATCHER_PROBE_INTERVAL_S", "0")
-            .env("AGENT_SUPERVISOR_METRICS_TOKEN", "metrics-token")
+            .env("AGENT_SUPERVISOR_METRICS_TOKEN", super::supervisor::METRICS_TOKEN)
             .env("AGENT_SUPERVISOR_HA_ENABLED", "true")
             .env("AGENT_SUPERVISOR_HA_REPLICA_ID", id)
             .env("AGENT_SUPERVISOR_HA_ADVERTISE_URL", format!("http://127.0.0.1:{port}"))

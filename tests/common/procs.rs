@@ -396,6 +396,16 @@ pub fn try_http_signed(
     path: &str,
     keys: Option<(&str, &str)>,
 ) -> std::io::Result<(u16, serde_json::Value)> {
+    try_http_signed_with_head(port, method, path, keys).map(|(status, _, body)| (status, body))
+}
+
+/// Like [`try_http_signed`], with the answer's status line and headers as they came.
+pub fn try_http_signed_with_head(
+    port: u16,
+    method: &str,
+    path: &str,
+    keys: Option<(&str, &str)>,
+) -> std::io::Result<(u16, String, serde_json::Value)> {
     use agent_supervisor::auth::signing::{OutgoingRequest, sign_request};
     use std::io::{Read, Write};
     let host = format!("127.0.0.1:{port}");
@@ -424,5 +434,5 @@ pub fn try_http_signed(
     if status == 0 {
         return Err(std::io::Error::other(format!("no HTTP answer: {raw:?}")));
     }
-    Ok((status, serde_json::from_str(body).unwrap_or(serde_json::Value::String(body.to_owned()))))
+    Ok((status, head.to_owned(), serde_json::from_str(body).unwrap_or(serde_json::Value::String(body.to_owned()))))
 }

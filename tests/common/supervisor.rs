@@ -21,6 +21,8 @@ use serde_json::Value;
 use super::{DatabaseMode, TestDb, TestEtcd};
 
 pub const TOKEN: &str = "test-watcher-token";
+/// The bearer token `/metrics` wants in tests that turn metrics on (`metrics.token`).
+pub const METRICS_TOKEN: &str = "metrics-token";
 
 /// An access key and its secret key.
 #[derive(Debug, Clone)]
@@ -226,6 +228,18 @@ impl TestApp {
             None => self.unsigned(method, path).insert_header(("Content-Type", content_type)),
         };
         send(req, body).await
+    }
+
+    /// `/metrics` as Prometheus scrapes it (the daemon must run with `metrics.token = METRICS_TOKEN`).
+    pub async fn metrics(&self) -> String {
+        let mut scraped = self
+            .unsigned("GET", "/metrics")
+            .insert_header(("Authorization", format!("Bearer {METRICS_TOKEN}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(scraped.status(), 200, "/metrics");
+        String::from_utf8(scraped.body().await.unwrap().to_vec()).unwrap()
     }
 
     pub fn unsigned(&self, method: &str, path: &str) -> awc::ClientRequest {
